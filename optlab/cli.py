@@ -1,0 +1,270 @@
+"""Command line: `python -m optlab run|list|show ...`.
+
+Subcommands register themselves in COMMANDS (name -> (add_arguments, handler)), so other modules
+add theirs without touching an if-chain here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Callable
+
+from optlab.config import PIPELINES, PRECISIONS, PRESETS, ConfigError, RunConfig, parse_batch_size, preset
+from optlab.registry import Registry
+
+COMMANDS: Registry[tuple[Callable, Callable]] = Registry("command")
+
+JSON_FIELDS = ("id", "status", "device", "device_name", "train_images_per_s", "step_ms_p50", "step_ms_p90",
+               "input_wait_share", "peak_memory_mb", "memory_kind", "test_accuracy", "train_seconds",
+               "time_to_target_s", "batch_size")
+
+
+def command(name: str):
+    def add(pair):
+        COMMANDS.add(name, pair)
+        return pair
+    return add
+
+
+def get_store():
+    from optlab.store import Store
+    return Store()
+
+
+# -- run flags (shared by run, submit, and re-runs) ---------------------------------------------
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from optlab.data import DATASETS
+    from optlab.models import MODELS
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a named config")
+    p.add_argument("--config", help="start from a RunConfig JSON file")
+    p.add_argument("--model", help=f"one of: {', '.join(MODELS.names())}")
+    p.add_argument("--dataset", help=f"one of: {', '.join(DATASETS.names())}")
+    p.add_argument("--precision", help=f"one of: {', '.join(PRECISIONS)}")
+    p.add_argument("--batch-size", type=parse_batch_size, help="images per step, or 'auto'")
+    p.add_argument("--max-batch-size", type=int, help="cap for --batch-size auto")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="learning rate at batch 256")
+    p.add_argument("--optimizer", help="sgd or adamw")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--limit-train", type=int, help="use the first N training images")
+    p.add_argument("--limit-test", type=int, help="use the first N test images")
+    p.add_argument("--device", help="auto, cuda or cpu")
+    p.add_argument("--pipeline", help=f"one of: {', '.join(PIPELINES)}")
+    p.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (cpu pipeline)")
+    p.add_argument("--image-size", type=int, help="resize images to S x S pixels")
+    p.add_argument("--target-accuracy", type=float, help="for time to accuracy, e.g. 0.9")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-path", help="folder for the imagefolder data set")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
+
+
+_CONFIG_FLAGS = ("model", "dataset", "precision", "batch_size", "max_batch_size", "epochs", "lr", "optimizer",
+                 "weight_decay", "label_smoothing", "limit_train", "limit_test", "device", "pipeline",
+                 "num_workers", "image_size", "target_accuracy", "seed", "data_path", "channels_last",
+                 "compile", "augment", "profile")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    if args.config:
+        with open(args.config) as f:
+            cfg = RunConfig.from_json(f.read())
+    else:
+        cfg = preset(args.preset) if args.preset else RunConfig()
+    changes = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k, None) is not None}
+    extra = getattr(args, "compress_steps", None)
+    if extra:
+        changes["compress"] = cfg.compress + extra
+    return cfg.replace(**changes)
+
+
+# -- output --------------------------------------------------------------------------------------
+def _fmt(value, unit="", digits=1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def summary_rows(run) -> list[tuple[str, str]]:
+    s = run.summary or {}
+    mem = "GPU allocator" if s.get("memory_kind") == "cuda_allocator" else "host RSS"
+    rows = [("run", f"#{run.id} ({run.status})"), ("device", s.get("device_label") or (run.device or {}).get("label", "?")),
+            ("config", f"{run.config['model']} on {run.config['dataset']}, {run.config['precision']}, "
+                       f"batch {s.get('batch_size', run.config['batch_size'])}, pipeline {run.config['pipeline']}"
+                       + (", channels_last" if run.config["channels_last"] else "")
+                       + (", compiled" if run.config["compile"] else ""))]
+    if run.error:
+        rows.append(("error", run.error))
+    if s.get("steps") is not None:
+        acc = s.get("test_accuracy")
+        rows += [
+            ("train throughput", _fmt(s.get("train_images_per_s"), " img/s", 0)
+             + f"  (steady state: {s.get('steady_steps')} of {s.get('steps')} steps)"),
+            ("step time", f"p50 {_fmt(s.get('step_ms_p50'), ' ms', 2)}, p90 {_fmt(s.get('step_ms_p90'), ' ms', 2)}"),
+            ("input wait", _fmt(100 * s["input_wait_share"] if s.get("input_wait_share") is not None else None, " % of step time")),
+            ("peak memory", f"{_fmt(s.get('peak_memory_mb'), ' MB', 0)} ({mem})"),
+            ("test accuracy", "n/a (random labels)" if not s.get("accuracy_applies", True) else _fmt(100 * acc if acc is not None else None, " %", 2)),
+            ("train time", _fmt(s.get("train_seconds"), " s", 2) + " (evaluation excluded)"),
+            (f"time to {100 * s.get('target_accuracy', 0):.0f} %", _fmt(s.get("time_to_target_s"), " s", 2)
+             if s.get("time_to_target_s") is not None else "not reached"),
+        ]
+    return rows
+
+
+def print_table(rows) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def json_view(run) -> dict:
+    s = run.summary or {}
+    out = {"id": run.id, "status": run.status, "error": run.error, "user": run.user, "config": run.config}
+    for k in JSON_FIELDS:
+        if k not in out:
+            out[k] = s.get(k)
+    out["device"] = s.get("device") or (run.device or {}).get("kind")
+    out["summary"] = s
+    return out
+
+
+class ProgressBar:
+    """One line on stderr, redrawn at most a few times a second."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty = stream, stream.isatty()
+        self.last_phase = None
+
+    def __call__(self, state: dict) -> None:
+        phase = state.get("phase")
+        if "steps_total" in state and state.get("steps_total"):
+            done = state["step"] / state["steps_total"]
+            bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
+            extra = (f" acc {100 * state['test_accuracy']:.1f}%" if "test_accuracy" in state else
+                     f" {state.get('images_per_s', 0):,.0f} img/s ETA {state.get('eta_s', 0):.0f}s" if phase == "train" else "")
+            line = (f"[{bar}] epoch {state['epoch']}/{state['epochs']} step {state['step']}/{state['steps_total']}"
+                    f" loss {state.get('loss', float('nan')):.3f}{extra} ({phase})")
+        else:
+            line = f"{phase}..."
+        if self.tty:
+            self.stream.write("\r" + line[:110].ljust(110))
+        elif phase != self.last_phase or state.get("epoch_done"):
+            self.stream.write(line + "\n")
+        self.last_phase = phase
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def _add_run(p):
+    add_run_arguments(p)
+    p.add_argument("--user", default="", help="who submitted it")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _run(args) -> int:
+    from optlab import device as devices
+    from optlab.runner import execute
+    cfg = config_from_args(args)
+    cfg.validate(devices.describe(cfg.device if cfg.device in ("cpu", "cuda", "auto") else "auto"))
+    store = get_store()
+    run_id = store.submit(cfg, user=args.user, status="running")
+    bar = ProgressBar()
+    execute(store, run_id, on_progress=bar)
+    bar.done()
+    run = store.get(run_id)
+    if args.json:
+        print(json.dumps(json_view(run)))
+    else:
+        print_table(summary_rows(run))
+    return 0 if run.status == "done" else 1
+
+
+command("run")((_add_run, _run))
+
+
+def _add_list(p):
+    p.add_argument("--status", help="only runs with this status")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+
+def _list(args) -> int:
+    runs = get_store().list(status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([json_view(r) for r in runs]))
+        return 0
+    print(f"{'id':>5}  {'status':<11} {'when':<16} {'user':<10} {'model':<18} {'prec':<5} {'bs':>5} "
+          f"{'img/s':>9} {'acc %':>6}  device")
+    for r in runs:
+        s = r.summary or {}
+        acc = s.get("test_accuracy")
+        print(f"{r.id:>5}  {r.status:<11} {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created_at)):<16} "
+              f"{(r.user or '-')[:10]:<10} {r.config['model'][:18]:<18} {r.config['precision']:<5} "
+              f"{str(s.get('batch_size', r.config['batch_size'])):>5} {_fmt(s.get('train_images_per_s'), '', 0):>9} "
+              f"{_fmt(100 * acc if acc is not None else None, '', 1):>6}  {s.get('device_label', (r.device or {}).get('label', ''))}")
+    return 0
+
+
+command("list")((_add_list, _list))
+
+
+def _add_show(p):
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+
+
+def _show(args) -> int:
+    run = get_store().get(args.id)
+    if run is None:
+        print(f"no run #{args.id}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(json_view(run)))
+    else:
+        print_table(summary_rows(run))
+    return 0
+
+
+command("show")((_add_show, _show))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
+    parser = argparse.ArgumentParser(prog="python -m optlab", description="OptLab: measure what makes image classifiers fast")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def _load_command_modules() -> None:
+    """Modules that add subcommands (queue, compress, trace, ...) register on import."""
+    import importlib
+    for module in ("optlab.jobs_cli", "optlab.profiling_cli", "optlab.compress.cli"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

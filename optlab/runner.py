@@ -1,0 +1,255 @@
+"""Executes one stored run: the recipe that calls each phase in order and records what it measured.
+
+    set-up (device, data, model, batch size) -> train (timed, profiled window) -> evaluate
+    -> compress (variants) -> summary
+
+The CLI calls it in-process; the background worker calls it in its own process.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+import traceback
+from typing import Callable
+
+import torch
+
+from optlab import device as devices
+from optlab.batchsize import BatchSearch, search_batch_size
+from optlab.config import ConfigError, RunConfig
+from optlab.data import DataError, load_dataset
+from optlab.measure import peak_memory, percentile, reset_peak_memory
+from optlab.models import MODELS, build_model, count_parameters
+from optlab.pipeline import make_pipeline, memory_format, to_model_input
+from optlab.store import Store
+from optlab.train import RunCancelled, evaluate, setup_optimizer, setup_precision, train
+
+USER_ERRORS = (ConfigError, DataError)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
+def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> dict | None:
+    """Run `run_id` to the end and leave it done, failed or cancelled, with the reason.
+    Returns the summary of a finished run, None otherwise."""
+    run = store.get(run_id)
+    cfg = run.run_config
+    batch_size = cfg.batch_size
+    try:
+        device = devices.resolve(cfg.device)
+        info = devices.describe(device)
+        cfg.validate(info)
+        store.update(run_id, status="running", device=info.to_dict(),
+                     started_at=run.started_at or time.time())
+        summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop)
+        store.finish(run_id, "done", summary=summary)
+        return summary
+    except RunCancelled:
+        store.finish(run_id, "cancelled", error="cancelled on request")
+    except USER_ERRORS as e:
+        store.finish(run_id, "failed", error=str(e))
+    except BaseException as e:
+        if is_out_of_memory(e):
+            bs = store.get(run_id).summary or {}
+            size = bs.get("batch_size", batch_size)
+            suggestion = (f"try batch size {max(1, int(size) // 2)} or 'auto'" if isinstance(size, int)
+                          else "try a smaller image size or model")
+            store.finish(run_id, "failed", error=f"out of memory at batch size {size}: {suggestion}")
+        elif isinstance(e, KeyboardInterrupt):
+            store.finish(run_id, "cancelled", error="interrupted from the keyboard")
+        else:
+            store.add_event(run_id, traceback.format_exc(), level="error")
+            store.finish(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return None
+
+
+def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop) -> dict:
+    progress = on_progress or (lambda state: None)
+    torch.manual_seed(cfg.seed)
+    progress({"phase": "load data"})
+    ds = load_dataset(cfg)
+    size = cfg.image_size or ds.native_size
+    spec = MODELS.get(cfg.model)
+    model = build_model(cfg.model, ds.channels, ds.num_classes, size)
+    model = model.to(device, memory_format=memory_format(cfg.channels_last))
+    precision = setup_precision(cfg.precision, device)
+    opt_name = cfg.optimizer or spec.optimizer
+    lr = cfg.lr or spec.lr
+    wd = spec.weight_decay if cfg.weight_decay is None else cfg.weight_decay
+
+    search: BatchSearch | None = None
+    if cfg.batch_size == "auto":
+        progress({"phase": "batch size search"})
+        search = find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size)
+        batch_size = search.chosen
+        store.add_event(run_id, f"automatic batch size: {batch_size} (largest that fit {search.largest_fit}, "
+                                f"first failure {search.first_failure}, cap {search.cap})")
+    else:
+        batch_size = cfg.batch_size
+    store.update(run_id, summary={"batch_size": batch_size})
+    if batch_size > len(ds.train_y):
+        raise ConfigError(f"batch size {batch_size} is larger than the {len(ds.train_y)} training images; "
+                          "lower it or raise the train limit")
+
+    train_batches = make_pipeline(ds, cfg, device, batch_size, train=True)
+    test_batches = make_pipeline(ds, cfg, device, min(1024, 2 * batch_size), train=False)
+    total_steps = cfg.epochs * len(train_batches)
+    optimizer, scheduler = setup_optimizer(model, opt_name, lr, wd, batch_size, total_steps, cfg.warmup_fraction)
+    warmup_steps = 5 if total_steps >= 20 else max(1, total_steps // 4)
+    trained = torch.compile(model) if cfg.compile else model
+
+    window = None
+    if cfg.profile and total_steps > warmup_steps + 6:
+        from optlab.profiling import ProfileWindow
+        window = ProfileWindow(store.artifacts_dir(run_id) / "tb" / f"run{run_id}", device,
+                               first_step=warmup_steps)
+    elif cfg.profile:
+        store.add_event(run_id, f"no profile: {total_steps} steps are too few for warm-up plus a window")
+
+    reset_peak_memory(device)
+    result = train(trained, train_batches, test_batches, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
+                   optimizer=optimizer, scheduler=scheduler, precision=precision, device=device,
+                   warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop)
+    memory = peak_memory(device)
+    store.add_metrics(run_id, "epoch", [vars(e) for e in result.epochs], [e.epoch for e in result.epochs])
+
+    params, nonzero = count_parameters(model)
+    weights = store.artifacts_dir(run_id) / "model.pt"
+    torch.save(model.state_dict(), weights)
+    summary = summarize(cfg, result, memory, info, batch_size, search, ds)
+    summary.update(params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
+                   weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,
+                   trace_dir=str(window.trace_dir) if window and window.trace_files else None)
+    if window is not None and window.profiler_result is not None:
+        _attach_profile(store, run_id, window, summary, device)
+    if cfg.compress:
+        from optlab.compress import run_steps
+        progress({"phase": "compress"})
+        summary["variants"] = run_steps(store, run_id, model, ds, cfg, device, summary)
+    return summary
+
+
+def _attach_profile(store, run_id, window, summary, device) -> None:
+    """The in-app profile summary, when the profiling module can extract one."""
+    try:
+        from optlab.profiling import summarize_profile
+    except ImportError:
+        return
+    summary["profile"] = summarize_profile(window.profiler_result, device)
+
+
+def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, search, ds) -> dict:
+    s = result.steady
+    steady_ms = sum(s.step_ms)
+    accuracies = [e.test_accuracy for e in result.epochs]
+    reached = next((e.cumulative_train_seconds for e in result.epochs if e.test_accuracy >= cfg.target_accuracy), None)
+    applies = ds.accuracy_applies
+    return {
+        "device": info.kind,
+        "device_name": info.name,
+        "device_label": info.label,
+        "batch_size": batch_size,
+        "batch_size_search": search.to_dict() if search else None,
+        "image_size": cfg.image_size or ds.native_size,
+        "train_images": len(ds.train_y),
+        "test_images": len(ds.test_y),
+        "data_source": ds.source,
+        "epochs": cfg.epochs,
+        "steps": result.total_steps,
+        "warmup_steps": result.warmup_steps,
+        "warmup_seconds": result.warmup_seconds,
+        "profiled_steps_excluded": result.excluded_profiled_steps,
+        "steady_steps": len(s.step_ms),
+        "train_images_per_s": s.images / (steady_ms / 1000) if steady_ms else None,
+        "step_ms_p50": percentile(s.step_ms, 50),
+        "step_ms_p90": percentile(s.step_ms, 90),
+        "input_wait_share": sum(s.input_wait_ms) / steady_ms if steady_ms else None,
+        "input_wait_ms_p50": percentile(s.input_wait_ms, 50),
+        "forward_backward_ms_p50": percentile(s.forward_backward_ms, 50),
+        "optimizer_ms_p50": percentile(s.optimizer_ms, 50),
+        "peak_memory_mb": memory["allocated_mb"],
+        "peak_reserved_mb": memory["reserved_mb"],
+        "memory_kind": memory["kind"],
+        "accuracy_applies": applies,
+        "test_accuracy": accuracies[-1] if applies and accuracies else None,
+        "best_test_accuracy": max(accuracies) if applies and accuracies else None,
+        "accuracy_per_epoch": accuracies if applies else None,
+        "train_seconds": result.train_seconds,
+        "target_accuracy": cfg.target_accuracy,
+        "time_to_target_s": reached if applies else None,
+        "versions": devices.software_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }
+
+
+def find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size) -> BatchSearch:
+    """Search with real training steps on real images, then confirm with a step and an eval pass."""
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    criterion = torch.nn.CrossEntropyLoss()
+    cap = cfg.max_batch_size if device.type == "cuda" else min(cfg.max_batch_size, 1024)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def batch(n):
+        idx = torch.randint(0, len(ds.train_y), (n,), generator=g)
+        x = to_model_input(ds.train_x[idx].to(device), ds.mean, ds.std, size, cfg.channels_last)
+        return x, ds.train_y[idx].to(device)
+
+    def one_step(n, with_eval=False) -> float | None:
+        opt, _ = setup_optimizer(model, opt_name, lr, wd, n, 10, 0.1)
+        try:
+            reset_peak_memory(device)
+            model.train()
+            x, y = batch(n)
+            with precision.autocast():
+                loss = criterion(model(x), y)
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(opt)
+            precision.scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if with_eval:
+                evaluate(model, [batch(min(1024, 2 * n))], precision.autocast)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            peak = peak_memory(device)["allocated_mb"]
+            if device.type == "cpu" and peak > 0.6 * _host_memory_mb():
+                return None   # keep the host usable: treat more than 60 % of RAM as "does not fit"
+            return peak
+        except BaseException as e:
+            if not is_out_of_memory(e):
+                raise
+            return None
+        finally:
+            del opt
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    search = search_batch_size(one_step, start=16, cap=cap)
+    for _ in range(4):  # confirm: a full step plus an evaluation pass at the chosen size
+        if one_step(search.chosen, with_eval=True) is not None:
+            search.confirmed = True
+            break
+        search.chosen = max(1, int(search.chosen * search.headroom) // 8 * 8 or 1)
+    model.load_state_dict(initial)
+    return search
+
+
+def _host_memory_mb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return float("inf")

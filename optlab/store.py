@@ -1,0 +1,240 @@
+"""The store: SQLite (WAL) under OPTLAB_HOME, the single source of truth.
+
+The UI reads only the store; workers write only the store and their run's artifact folder
+(OPTLAB_HOME/runs/<id>/). Every call opens its own short connection, so threads and
+processes can share one store; claims are atomic UPDATEs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from optlab.config import RunConfig
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+FINISHED = ("done", "failed", "cancelled", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    status TEXT NOT NULL,
+    user TEXT NOT NULL DEFAULT '',
+    sweep_id TEXT,
+    parent_id INTEGER,
+    label TEXT,
+    config TEXT NOT NULL,
+    device TEXT,
+    summary TEXT,
+    error TEXT,
+    progress TEXT,
+    log_tail TEXT,
+    worker_pid INTEGER,
+    heartbeat_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    t REAL NOT NULL,
+    step INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, kind);
+CREATE TABLE IF NOT EXISTS events (
+    run_id INTEGER NOT NULL,
+    t REAL NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id);
+"""
+
+_JSON_COLUMNS = ("config", "device", "summary", "progress")
+
+
+def optlab_home() -> Path:
+    return Path(os.environ.get("OPTLAB_HOME", "~/.optlab")).expanduser()
+
+
+@dataclass
+class Run:
+    id: int
+    status: str
+    created_at: float
+    config: dict
+    user: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    sweep_id: str | None = None
+    parent_id: int | None = None
+    label: str | None = None
+    device: dict | None = None
+    summary: dict | None = None
+    error: str | None = None
+    progress: dict | None = None
+    log_tail: str | None = None
+    worker_pid: int | None = None
+    heartbeat_at: float | None = None
+    cancel_requested: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def run_config(self) -> RunConfig:
+        return RunConfig.from_dict(self.config)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def title(self) -> str:
+        c = self.config
+        return self.label or f"#{self.id} {c['model']} {c['precision']} bs={c['batch_size']}"
+
+
+class Store:
+    def __init__(self, home: str | Path | None = None):
+        self.home = Path(home) if home else optlab_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "optlab.db"
+        with self.connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # -- runs ------------------------------------------------------------------------------------
+    def submit(self, config: RunConfig, *, user: str = "", sweep_id: str | None = None,
+               parent_id: int | None = None, label: str | None = None, status: str = "queued") -> int:
+        with self.connect() as db:
+            cur = db.execute(
+                "INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), status, user or "", sweep_id, parent_id, label, config.to_json()))
+            return int(cur.lastrowid)
+
+    def get(self, run_id: int) -> Run | None:
+        with self.connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        return _to_run(row) if row else None
+
+    def list(self, *, status: str | tuple[str, ...] | None = None, user: str | None = None,
+             sweep_id: str | None = None, ids: list[int] | None = None, limit: int | None = None,
+             newest_first: bool = True) -> list[Run]:
+        where, args = [], []
+        if status:
+            statuses = (status,) if isinstance(status, str) else tuple(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if sweep_id is not None:
+            where.append("sweep_id = ?")
+            args.append(sweep_id)
+        if ids is not None:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args += [int(i) for i in ids]
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id " + ("DESC" if newest_first else "ASC")
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self.connect() as db:
+            return [_to_run(r) for r in db.execute(sql, args).fetchall()]
+
+    def update(self, run_id: int, **fields: Any) -> None:
+        if not fields:
+            return
+        bad = set(fields) - set(Run.__dataclass_fields__) - {"extra"}
+        if bad or "id" in fields:
+            raise ValueError(f"cannot update {sorted(bad | ({'id'} & set(fields)))}")
+        values = [json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()]
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.connect() as db:
+            db.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*values, int(run_id)))
+
+    def claim(self, run_id: int, worker_pid: int | None = None) -> bool:
+        """queued -> running, atomically: True for exactly one caller."""
+        with self.connect() as db:
+            cur = db.execute("UPDATE runs SET status = 'running', started_at = ?, worker_pid = ?, "
+                             "heartbeat_at = ? WHERE id = ? AND status = 'queued'",
+                             (time.time(), worker_pid, time.time(), int(run_id)))
+            return cur.rowcount == 1
+
+    def finish(self, run_id: int, status: str, *, summary: dict | None = None, error: str | None = None) -> None:
+        if status not in FINISHED:
+            raise ValueError(f"{status!r} is not a finished status: {FINISHED}")
+        fields = {"status": status, "finished_at": time.time(), "error": error}
+        if summary is not None:
+            fields["summary"] = summary
+        self.update(run_id, **fields)
+
+    def delete(self, run_id: int) -> None:
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            for table, column in (("metrics", "run_id"), ("events", "run_id"), ("runs", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (int(run_id),))
+            db.execute("COMMIT")
+        shutil.rmtree(self.artifacts_dir(run_id, create=False), ignore_errors=True)
+
+    def artifacts_dir(self, run_id: int, create: bool = True) -> Path:
+        path = self.home / "runs" / str(int(run_id))
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- metrics and events ------------------------------------------------------------------------
+    def add_metric(self, run_id: int, kind: str, data: dict, step: int | None = None) -> None:
+        self.add_metrics(run_id, kind, [data], [step])
+
+    def add_metrics(self, run_id: int, kind: str, rows: list[dict], steps: list[int | None] | None = None) -> None:
+        now = time.time()
+        steps = steps or [None] * len(rows)
+        with self.connect() as db:
+            db.executemany("INSERT INTO metrics (run_id, kind, t, step, data) VALUES (?, ?, ?, ?, ?)",
+                           [(int(run_id), kind, row.get("t", now), s, json.dumps(row)) for row, s in zip(rows, steps)])
+
+    def metrics(self, run_id: int, kind: str) -> list[dict]:
+        with self.connect() as db:
+            rows = db.execute("SELECT data FROM metrics WHERE run_id = ? AND kind = ? ORDER BY rowid",
+                              (int(run_id), kind)).fetchall()
+        return [json.loads(r["data"]) for r in rows]
+
+    def add_event(self, run_id: int, message: str, level: str = "info") -> None:
+        with self.connect() as db:
+            db.execute("INSERT INTO events (run_id, t, level, message) VALUES (?, ?, ?, ?)",
+                       (int(run_id), time.time(), level, message))
+
+    def events(self, run_id: int) -> list[dict]:
+        with self.connect() as db:
+            rows = db.execute("SELECT t, level, message FROM events WHERE run_id = ? ORDER BY rowid",
+                              (int(run_id),)).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _to_run(row: sqlite3.Row) -> Run:
+    d = dict(row)
+    for k in _JSON_COLUMNS:
+        if d.get(k) is not None:
+            d[k] = json.loads(d[k])
+    return Run(**d)

@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own OPTLAB_HOME; no downloads are attempted."""
+    monkeypatch.setenv("OPTLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPTLAB_DOWNLOAD", "0")
+    monkeypatch.delenv("OPTLAB_DATA", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def store(isolated_home):
+    from optlab.store import Store
+    return Store(isolated_home)
+
+
+def tiny_config(**changes):
+    """A run that trains in a few seconds on the CPU on a real Fashion-MNIST slice."""
+    from optlab.config import RunConfig
+    base = dict(model="speednet", dataset="fashion-mnist", device="cpu", epochs=1, limit_train=512,
+                limit_test=256, batch_size=64, num_workers=0, profile=False)
+    base.update(changes)
+    return RunConfig(**base)
+
+
+def pytest_configure(config):
+    if not FASHION.exists() and not os.environ.get("OPTLAB_DATA"):
+        raise pytest.UsageError("Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist")
