@@ -201,8 +201,8 @@ def allowed_image_roots() -> list[Path]:
 
 @DATASETS.register("imagefolder")
 def imagefolder(cfg) -> DataSet:
+    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
-    from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as F
 
     if not cfg.data_path:
@@ -221,8 +221,9 @@ def imagefolder(cfg) -> DataSet:
         images = []
         for file, _ in found.samples:
             try:
-                img = decode_image(str(file), mode=ImageReadMode.RGB)
-            except Exception as e:
+                with Image.open(file) as pil:
+                    img = F.pil_to_tensor(pil.convert("RGB"))
+            except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"{file} is not a readable image ({e})") from None
             images.append(F.resize(img, [size, size], antialias=True))
         return torch.stack(images), torch.tensor(found.targets), found.classes

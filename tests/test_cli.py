@@ -1,0 +1,65 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from optlab.cli import JSON_FIELDS
+from optlab.store import Store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def optlab(*args, home):
+    env = dict(os.environ, OPTLAB_HOME=str(home), OPTLAB_DOWNLOAD="0")
+    return subprocess.run([sys.executable, "-m", "optlab", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    out = optlab("run", "--model", "speednet", "--dataset", "fashion-mnist", "--epochs", "1",
+                 "--limit-train", "2048", "--limit-test", "500", "--batch-size", "64", "--device", "cpu", "--workers", "0",
+                 "--no-profile", "--json", home=home)
+    return home, out
+
+
+def test_run_json_carries_every_promised_field(cli_run):
+    _, out = cli_run
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for field in JSON_FIELDS:
+        assert field in result, field
+    assert result["status"] == "done" and result["device"] == "cpu"
+    assert result["test_accuracy"] > 0.3
+    assert result["train_images_per_s"] > 0 and result["step_ms_p90"] >= result["step_ms_p50"]
+    assert result["batch_size"] == 64
+
+
+def test_list_and_show_read_the_store(cli_run):
+    home, out = cli_run
+    rid = json.loads(out.stdout)["id"]
+    listing = optlab("list", home=home)
+    assert listing.returncode == 0 and f"{rid:>5}  done" in listing.stdout
+    shown = optlab("show", str(rid), home=home)
+    assert "train throughput" in shown.stdout and "CPU:" in shown.stdout
+    assert json.loads(optlab("show", str(rid), "--json", home=home).stdout)["id"] == rid
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "alexnet"], "choose one of"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
+    (["--batch-size", "0"], "batch size must be"),
+])
+def test_bad_values_are_refused_before_anything_runs(tmp_path, args, message):
+    out = optlab("run", *args, home=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert Store(tmp_path).list() == []
+
+
+def test_show_of_a_missing_run_says_so(tmp_path):
+    out = optlab("show", "999", home=tmp_path)
+    assert out.returncode == 2 and "no run #999" in out.stderr

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from conftest import tiny_config
+from optlab.models import MODELS, ModelSpec
+from optlab.runner import execute
+from optlab.train import setup_precision
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One real run on 1024 Fashion-MNIST images, shared by the assertions below."""
+    from optlab.store import Store
+    store = Store(tmp_path_factory.mktemp("home"))
+    rid = store.submit(tiny_config(limit_train=1024, limit_test=500, epochs=2, target_accuracy=0.3))
+    execute(store, rid)
+    return store, store.get(rid)
+
+
+def test_a_run_finishes_with_well_above_chance_accuracy(finished):
+    _, run = finished
+    assert run.status == "done", run.error
+    assert run.summary["test_accuracy"] > 0.5          # chance is 0.1
+
+
+def test_steady_state_figures_are_present_and_plausible(finished):
+    _, run = finished
+    s = run.summary
+    assert s["device"] == "cpu" and s["device_label"].startswith("CPU")
+    assert s["steady_steps"] == s["steps"] - s["warmup_steps"] > 0
+    assert s["train_images_per_s"] > 0
+    assert s["step_ms_p90"] >= s["step_ms_p50"] > 0
+    assert 0 <= s["input_wait_share"] < 1
+    assert s["forward_backward_ms_p50"] + s["optimizer_ms_p50"] <= s["step_ms_p90"] * 1.01
+    # Throughput is images over the steady steps' own time: consistent with the median step.
+    per_step = s["batch_size"] / (s["train_images_per_s"] / 1000)
+    assert 0.5 * s["step_ms_p50"] < per_step < 2 * s["step_ms_p90"]
+    assert s["peak_memory_mb"] > 0 and s["memory_kind"] == "host_rss"
+    assert s["versions"]["torch"] == torch.__version__
+
+
+def test_accuracy_is_recorded_each_epoch_with_time_to_target(finished):
+    store, run = finished
+    epochs = store.metrics(run.id, "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[1]["cumulative_train_seconds"] > epochs[0]["cumulative_train_seconds"]
+    assert run.summary["accuracy_per_epoch"] == [e["test_accuracy"] for e in epochs]
+    first = next(e for e in epochs if e["test_accuracy"] >= 0.3)
+    assert run.summary["time_to_target_s"] == first["cumulative_train_seconds"]
+    assert run.summary["train_seconds"] == pytest.approx(epochs[-1]["cumulative_train_seconds"])
+
+
+def test_trained_weights_are_kept(finished):
+    _, run = finished
+    state = torch.load(run.summary["weights_path"], weights_only=True)
+    assert "head.weight" in state
+
+
+def test_gpu_pipeline_bf16_and_channels_last_run_on_the_cpu(store):
+    rid = store.submit(tiny_config(pipeline="gpu", precision="bf16", channels_last=True))
+    execute(store, rid)
+    run = store.get(rid)
+    assert run.status == "done", run.error
+    assert run.summary["test_accuracy"] > 0.1
+
+
+def test_automatic_batch_size_is_searched_confirmed_and_recorded(store):
+    rid = store.submit(tiny_config(batch_size="auto", max_batch_size=64))
+    execute(store, rid)
+    run = store.get(rid)
+    search = run.summary["batch_size_search"]
+    assert run.status == "done", run.error
+    assert search["confirmed"] and search["chosen"] == run.summary["batch_size"] == 64
+    assert [t["batch_size"] for t in search["trials"]] == [16, 32, 64]
+
+
+def test_fp16_uses_a_grad_scaler_and_bf16_does_not():
+    assert setup_precision("fp16", torch.device("cpu")).scaler.is_enabled()
+    assert not setup_precision("bf16", torch.device("cpu")).scaler.is_enabled()
+
+
+def test_out_of_memory_fails_the_run_with_the_batch_size_and_a_suggestion(store, monkeypatch):
+    class RunsOutOfMemory(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(MODELS._entries, "oom", ModelSpec(lambda c, n, s: RunsOutOfMemory(), "sgd", 0.1, 0, ""))
+    rid = store.submit(tiny_config(model="oom", batch_size=64))
+    execute(store, rid)
+    run = store.get(rid)
+    assert run.status == "failed"
+    assert "out of memory at batch size 64" in run.error and "try batch size 32" in run.error
+
+
+def test_a_bad_data_set_fails_the_run_with_the_reason(store, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPTLAB_DATA", str(tmp_path))
+    rid = store.submit(tiny_config(dataset="mnist"))
+    execute(store, rid)
+    run = store.get(rid)
+    assert run.status == "failed" and "mnist was not found" in run.error
