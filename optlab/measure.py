@@ -38,6 +38,7 @@ class LatestLoss:
     def __init__(self, device: torch.device, every_s: float = 0.5):
         self.cuda = device.type == "cuda"
         self.every_s, self.last_offer, self.value = every_s, 0.0, float("nan")
+        self.pending = False
         if self.cuda:
             self.buffer = torch.zeros((), dtype=torch.float32, pin_memory=True)
             self.ready = torch.cuda.Event()
@@ -50,10 +51,13 @@ class LatestLoss:
         if not self.cuda:
             self.value = float(loss.detach())
             return
-        if self.ready.query():  # the previous copy has landed: publish it, queue the next
+        if self.pending and not self.ready.query():
+            return                   # the previous copy has not landed yet; never wait for it
+        if self.pending:
             self.value = float(self.buffer)
         self.buffer.copy_(loss.detach().float(), non_blocking=True)
         self.ready.record()
+        self.pending = True
 
 
 def percentile(values: list[float], q: float) -> float | None:
