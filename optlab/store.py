@@ -189,6 +189,81 @@ class Store:
             fields["summary"] = summary
         self.update(run_id, **fields)
 
+    # -- the queue (used by optlab.scheduler and optlab.worker) ----------------------------------
+    def fair_queue(self) -> list[Run]:
+        """Queued runs in the order the scheduler hands them out: FIFO within a submitter,
+        round-robin across submitters. Each round, submitters with fewer runs in flight go
+        first, then the one served longest ago (never served first), then the oldest run."""
+        with self.connect() as db:
+            db.execute("BEGIN")  # one snapshot for both reads
+            queued = [_to_run(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY id")]
+            stats = {r["user"]: (r["running"], r["last_start"] or 0.0) for r in db.execute(
+                "SELECT user, SUM(status = 'running') AS running, MAX(started_at) AS last_start "
+                "FROM runs WHERE started_at IS NOT NULL GROUP BY user")}
+            db.execute("COMMIT")
+        rank: dict[str, int] = {}
+        first: dict[str, int] = {}
+        keyed = []
+        for run in queued:
+            rank[run.user] = rank.get(run.user, -1) + 1
+            first.setdefault(run.user, run.id)
+            keyed.append((rank[run.user], run))
+        turn = {u: stats.get(u, (0, 0.0)) + (first[u],) for u in first}
+        return [run for _, run in sorted(keyed, key=lambda kr: (kr[0], turn[kr[1].user]))]
+
+    def next_queued_fair(self) -> Run | None:
+        queue = self.fair_queue()
+        return queue[0] if queue else None
+
+    def request_cancel(self, run_id: int) -> str | None:
+        """Cancel atomically: a queued run becomes cancelled at once; a running run gets
+        cancel_requested (its worker and the scheduler stop it). Returns the run's status after
+        the call ('cancelled', 'running', or the finished status it already had); None if missing."""
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT status FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return None
+            status = row["status"]
+            if status == "queued":
+                db.execute("UPDATE runs SET status = 'cancelled', cancel_requested = 1, finished_at = ?, "
+                           "error = 'cancelled before it started' WHERE id = ?", (time.time(), int(run_id)))
+                status = "cancelled"
+            elif status == "running":
+                db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (int(run_id),))
+            db.execute("COMMIT")
+            return status
+
+    def attach_worker(self, run_id: int, pid: int) -> bool:
+        """A worker takes a claimed run: True only if it is running and not held by another pid."""
+        with self.connect() as db:
+            cur = db.execute("UPDATE runs SET worker_pid = ?, heartbeat_at = ? WHERE id = ? AND status = 'running' "
+                             "AND (worker_pid IS NULL OR worker_pid = ?)", (pid, time.time(), int(run_id), pid))
+            return cur.rowcount == 1
+
+    def heartbeat(self, run_id: int, progress: dict | None = None, log_tail: str | None = None) -> bool:
+        """Record that the worker is alive (and its latest progress / log lines).
+        Returns True when a cancel was requested."""
+        with self.connect() as db:
+            db.execute("UPDATE runs SET heartbeat_at = ?, progress = COALESCE(?, progress), "
+                       "log_tail = COALESCE(?, log_tail) WHERE id = ?",
+                       (time.time(), json.dumps(progress) if progress is not None else None, log_tail, int(run_id)))
+            row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def finish_if_running(self, run_id: int, status: str, *, error: str | None = None, **fields: Any) -> bool:
+        """running -> `status` only if the run is still running (a worker that finished its run
+        itself keeps its own outcome). True if this call changed it."""
+        if status not in FINISHED:
+            raise ValueError(f"{status!r} is not a finished status: {FINISHED}")
+        fields = {"status": status, "finished_at": time.time(), "error": error, **fields}
+        values = [json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in fields.items()]
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.connect() as db:
+            cur = db.execute(f"UPDATE runs SET {sets} WHERE id = ? AND status = 'running'", (*values, int(run_id)))
+            return cur.rowcount == 1
+
     def delete(self, run_id: int) -> None:
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")

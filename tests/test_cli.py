@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from optlab.cli import JSON_FIELDS
 from optlab.store import Store
@@ -52,6 +53,8 @@ def test_list_and_show_read_the_store(cli_run):
     (["--model", "alexnet"], "choose one of"),
     (["--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
     (["--batch-size", "0"], "batch size must be"),
+    pytest.param(["--device", "cuda"], "no GPU is visible", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a GPU is visible here, so cuda is a valid choice")),
 ])
 def test_bad_values_are_refused_before_anything_runs(tmp_path, args, message):
     out = optlab("run", *args, home=tmp_path)

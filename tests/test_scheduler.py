@@ -1,0 +1,265 @@
+"""The queue and the scheduler: fair order, atomic claims, cancel, faults, restart, the jobs CLI.
+
+Real worker processes train real Fashion-MNIST slices on the CPU; the selection logic and the
+100-submission test run without workers (claims only) to keep the suite fast.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import tiny_config
+from optlab.scheduler import Scheduler, SchedulerBusy, cancel, claim_next, default_slots, describe_exit
+
+TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=1, profile=False)
+LONG = dict(limit_train=4096, limit_test=128, batch_size=64, epochs=3, profile=False)  # a minute on the CPU
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def training(store, run_id):
+    run = store.get(run_id)
+    return run if run.status == "running" and (run.progress or {}).get("phase") == "train" else None
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def schedulers():
+    """Schedulers made by a test; stopped (workers killed) afterwards, whatever happened."""
+    made = []
+    yield made
+    for s in made:
+        s.stop(kill=True)
+
+
+# -- selection: fair order, atomic claims (no workers) ---------------------------------------------------
+def test_runs_are_handed_out_fifo_per_user_and_round_robin_across_users(store):
+    ids = {(u, i): store.submit(tiny_config(seed=i), user=u)
+           for u, n in (("ann", 3), ("bob", 2), ("cy", 1)) for i in range(n)}
+    order = []
+    while (run := claim_next(store)) is not None:
+        order.append((run.user, run.config["seed"]))
+    assert order == [("ann", 0), ("bob", 0), ("cy", 0), ("ann", 1), ("bob", 1), ("ann", 2)]
+    assert all(store.get(i).status == "running" for i in ids.values())
+
+
+def test_a_newcomer_goes_before_the_next_run_of_a_user_already_served(store):
+    first = store.submit(tiny_config(), user="ann")
+    store.submit(tiny_config(), user="ann")
+    assert claim_next(store).id == first
+    late = store.submit(tiny_config(), user="bob")
+    assert [r.user for r in store.fair_queue()] == ["bob", "ann"]
+    assert claim_next(store).id == late
+
+
+def test_hundred_concurrent_submissions_leave_hundred_runs_each_claimed_once(store):
+    code = ("import sys; from optlab.store import Store; from optlab.config import RunConfig; s = Store(); "
+            "[s.submit(RunConfig(device='cpu', seed=i), user='user' + sys.argv[1]) for i in range(10)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], env=os.environ) for n in range(10)]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 10
+    assert len(store.list(status="queued")) == 100
+
+    claimed, lock = [], threading.Lock()
+
+    def claimer():
+        while (run := claim_next(store)) is not None:
+            with lock:
+                claimed.append(run.id)
+
+    threads = [threading.Thread(target=claimer) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(claimed) == 100 and len(set(claimed)) == 100
+    assert len(store.list()) == 100 and not store.list(status="queued")
+
+
+def test_cancelling_a_queued_run_cancels_it_at_once_and_it_is_never_handed_out(store):
+    run_id = store.submit(tiny_config())
+    assert cancel(store, run_id) == "cancelled"
+    assert store.get(run_id).status == "cancelled" and store.get(run_id).finished_at
+    assert claim_next(store) is None
+    assert cancel(store, run_id) == "cancelled"   # already finished: unchanged
+    with pytest.raises(LookupError, match="no run #999"):
+        cancel(store, 999)
+
+
+def test_one_slot_per_visible_gpu_and_one_without_a_gpu():
+    import torch
+    assert default_slots() == max(1, torch.cuda.device_count())
+
+
+def test_exit_codes_are_described_with_the_signal_name():
+    assert describe_exit(-signal.SIGKILL).startswith("was killed by SIGKILL")
+    assert describe_exit(-signal.SIGSEGV) == "was killed by SIGSEGV"
+    assert describe_exit(3) == "exited with code 3"
+
+
+def test_a_second_scheduler_on_the_same_home_hands_out_nothing_and_says_so(store, schedulers):
+    first = Scheduler(store)
+    schedulers.append(first)
+    first.tick()
+    assert first.active
+    run_id = store.submit(tiny_config())
+    second = Scheduler(store)
+    second.tick()
+    assert not second.active and f"pid {os.getpid()}" in second.message and "hands out nothing" in second.message
+    assert store.get(run_id).status == "queued"
+    with pytest.raises(SchedulerBusy):
+        second.run_until_idle(timeout_s=1)
+    cancel(store, run_id)
+    first.stop()
+    second.tick()
+    assert second.active   # the lock is free once the first one stops
+    second.stop()
+
+
+def test_restart_marks_runs_of_dead_workers_interrupted(store, schedulers):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_id = store.submit(tiny_config())
+    assert store.claim(run_id, worker_pid=dead.pid)
+    in_process = store.submit(tiny_config(), status="running")   # `optlab run`: no worker, not ours
+    scheduler = Scheduler(store)
+    schedulers.append(scheduler)
+    scheduler.tick()
+    run = store.get(run_id)
+    assert run.status == "interrupted" and f"pid {dead.pid}) was gone" in run.error
+    assert store.get(in_process).status == "running"
+
+
+# -- real workers ------------------------------------------------------------------------------------
+def test_three_submitted_runs_all_finish_done_with_results_and_telemetry(store, schedulers):
+    ids = [store.submit(tiny_config(**TINY, seed=i), user=user) for i, user in enumerate(["ann", "ann", "bob"])]
+    scheduler = Scheduler(store, slots=3, poll_s=0.2)   # three slots: the workers' start-up overlaps
+    schedulers.append(scheduler)
+    assert scheduler.run_until_idle(timeout_s=150)
+    runs = [store.get(i) for i in ids]
+    assert [r.status for r in runs] == ["done"] * 3, [r.error for r in runs]
+    for run in runs:
+        s = run.summary
+        assert s["train_images_per_s"] > 0 and s["test_accuracy"] is not None and s["device"] == "cpu"
+        assert s["telemetry_source"] == "process" and "energy_j" not in s   # no NVML here: no energy figure
+        assert s["pid"] != os.getpid()   # trained in a worker process
+        telemetry = store.metrics(run.id, "telemetry")
+        assert len(telemetry) >= 3 and {row["source"] for row in telemetry} == {"process"}
+        assert max(row["cpu_pct"] for row in telemetry) > 0 and telemetry[-1]["rss_mb"] > 50
+        assert f"run #{run.id} done" in run.log_tail
+        assert (store.artifacts_dir(run.id) / "worker.log").exists()
+        assert run.progress["phase"] == "train" and run.progress["step"] == run.progress["steps_total"]
+    started = sorted(runs, key=lambda r: r.started_at)
+    assert [r.user for r in started] == ["ann", "bob", "ann"]   # round-robin across submitters
+
+
+def test_cancelling_a_running_run_ends_it_cancelled_and_its_process_is_gone(store, schedulers):
+    run_id = store.submit(tiny_config(**LONG))
+    scheduler = Scheduler(store, poll_s=0.2).start()
+    schedulers.append(scheduler)
+    run = wait_for(lambda: training(store, run_id), 60, "training to start")
+    p = run.progress
+    assert {"epoch", "step", "loss", "images_per_s", "eta_s"} <= set(p) and time.time() - run.heartbeat_at < 3
+    assert cancel(store, run_id) == "cancelled"
+    run = wait_for(lambda: (r := store.get(run_id)).finished and r, 20, "the run to end")
+    assert run.status == "cancelled" and "cancel" in run.error
+    wait_for(lambda: pid_gone(run.worker_pid), 10, "the worker process to exit")
+    wait_for(lambda: not scheduler.jobs, 5, "the scheduler to free the slot")
+
+
+def test_a_worker_killed_by_sigkill_fails_with_the_signal_named_and_the_next_run_completes(store, schedulers):
+    doomed = store.submit(tiny_config(**LONG), user="ann")
+    after = store.submit(tiny_config(**TINY), user="ann")
+    scheduler = Scheduler(store, slots=1, poll_s=0.2).start()
+    schedulers.append(scheduler)
+    run = wait_for(lambda: training(store, doomed), 60, "training to start")
+    os.kill(run.worker_pid, signal.SIGKILL)
+    run = wait_for(lambda: (r := store.get(doomed)).finished and r, 5, "the killed run to be marked")
+    assert run.status == "failed" and "killed by SIGKILL" in run.error and "last log lines" in run.error
+    assert "train: epoch 1/3" in run.log_tail
+    done = wait_for(lambda: (r := store.get(after)).finished and r, 60, "the next run")
+    assert done.status == "done" and done.summary["train_images_per_s"] > 0
+
+
+def test_restarting_the_queue_interrupts_the_run_in_flight_and_completes_the_queued_ones(store):
+    long_run = store.submit(tiny_config(**LONG))
+    queued = store.submit(tiny_config(**TINY))
+    queue = [sys.executable, "-m", "optlab", "queue", "--poll", "0.2"]
+    first = subprocess.Popen(queue, env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = wait_for(lambda: training(store, long_run), 60, "training to start")
+        first.kill()      # the scheduler dies without a chance to clean up
+        first.wait()
+        assert Scheduler(store, poll_s=0.2).run_until_idle(timeout_s=90)   # the restarted scheduler
+    finally:
+        first.kill()
+    interrupted = store.get(long_run)
+    assert interrupted.status == "interrupted" and "scheduler" in interrupted.error
+    assert pid_gone(run.worker_pid)
+    assert store.get(queued).status == "done"
+    assert not store.list(status=("queued", "running"))
+
+
+# -- the jobs CLI -----------------------------------------------------------------------------------
+def run_cli(*argv):
+    from optlab.cli import main
+    return main(list(argv))
+
+
+CLI_RUN = ["--model", "speednet", "--device", "cpu", "--limit-train", "256", "--limit-test", "128",
+           "--batch-size", "64", "--epochs", "1", "--workers", "0", "--no-profile"]
+
+
+def test_submit_prints_the_new_run_id_and_queues_it_for_the_user(store, capsys):
+    assert run_cli("submit", *CLI_RUN, "--user", "ann") == 0
+    run_id = int(capsys.readouterr().out.strip())
+    run = store.get(run_id)
+    assert run.status == "queued" and run.user == "ann" and run.config["limit_train"] == 256
+
+
+def test_submit_refuses_a_value_this_machine_cannot_run_and_queues_nothing(store, capsys):
+    assert run_cli("submit", *CLI_RUN, "--precision", "fp16") == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err
+    assert run_cli("submit", *CLI_RUN, "--model", "nope") == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert store.list() == []
+
+
+def test_status_json_and_cancel_from_the_command_line(store, capsys):
+    run_cli("submit", *CLI_RUN, "--user", "bob")
+    run_id = int(capsys.readouterr().out.strip())
+    assert run_cli("status", str(run_id), "--json") == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["status"] == "queued" and view["queue_position"] == 1 and view["user"] == "bob"
+    assert run_cli("cancel", str(run_id)) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert store.get(run_id).status == "cancelled"
+    assert run_cli("cancel", str(run_id)) == 1
+    assert run_cli("status", "999") == 2
+
+
+def test_queue_command_refuses_when_another_scheduler_holds_the_store(store, schedulers, capsys):
+    holder = Scheduler(store)
+    schedulers.append(holder)
+    holder.tick()
+    assert run_cli("queue", "--exit-when-idle") == 1
+    assert "another scheduler" in capsys.readouterr().err
