@@ -141,12 +141,18 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
 
 
 def _attach_profile(store, run_id, window, summary, device) -> None:
-    """The in-app profile summary, when the profiling module can extract one."""
+    """The in-app profile summaries: the training window's, and a short inference window's (its
+    trace lands beside the training trace as worker "inference"). The run's own figures are
+    already measured, so a failure here is logged as an event and never fails the run."""
+    from optlab import profiling
     try:
-        from optlab.profiling import summarize_profile
-    except ImportError:
-        return
-    summary["profile"] = summarize_profile(window.profiler_result, device)
+        summary["profile"] = profiling.summarize_profile(window.profiler_result, device)
+    except Exception:
+        store.add_event(run_id, "profile summary failed:\n" + traceback.format_exc(), level="error")
+    try:
+        summary["profile_inference"] = profiling.profile_run_inference(store, run_id, summary, device)
+    except Exception:
+        store.add_event(run_id, "inference profile failed:\n" + traceback.format_exc(), level="error")
 
 
 def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, search, ds) -> dict:

@@ -1,0 +1,157 @@
+"""Profile: where one run's time went in its profiled window, what to try next, and whether the
+try did what was predicted. Works offline: the figures come from the run's own profile summary
+(or its trace file), not from TensorBoard's page."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from optlab import advisor, profile_charts, profiling, tensorboard
+from optlab.store import Store
+
+store = Store()
+state = st.session_state
+
+
+@st.cache_data(show_spinner="Reading the trace…", max_entries=8)
+def trace_summary(path: str, modified: float) -> dict:
+    """Summary of a trace file (old runs without one in their summary; shared traces)."""
+    return profiling.summarize_trace_file(path)
+
+
+def draw_profile(profile: dict, device_label: str | None, key: str) -> None:
+    if profile.get("reason"):
+        st.info(profile["reason"], icon=":material/info:")
+    util, host, tc = profile.get("utilisation") or {}, profile.get("host") or {}, profile.get("tensor_cores") or {}
+    gpu = profile_charts.on_gpu(profile)
+    cols = st.columns(4)
+    cols[0].metric("GPU busy" if gpu else "CPU: inside operators",
+                   f"{100 * util['busy_share']:.0f} %" if util.get("busy_share") is not None else "n/a")
+    cols[1].metric("Step (wall)", f"{host['step_ms']:,.1f} ms" if host.get("step_ms") else "n/a",
+                   help=f"mean of {profile.get('steps')} profiled steps")
+    cols[2].metric("Host per step" if gpu else "Outside operators per step",
+                   f"{host['host_ms']:,.1f} ms" if gpu else f"{host['step_ms'] - host['device_ms']:,.1f} ms")
+    cols[3].metric("Tensor Core share", f"{100 * tc['share']:.0f} %" if tc.get("share") is not None else "n/a",
+                   help=tc.get("reason") or "estimated from kernel names (see below)")
+    figures = profile_charts.profile_figures(profile, device_label)
+    left, right = st.columns(2)
+    left.plotly_chart(figures["categories"], theme=None, key=f"{key}_categories")
+    right.plotly_chart(figures["busy"], theme=None, key=f"{key}_busy")
+    right.plotly_chart(figures["host"], theme=None, key=f"{key}_host")
+    if "memory" in figures:
+        left.plotly_chart(figures["memory"], theme=None, key=f"{key}_memory")
+    elif profile.get("memory_reason"):
+        left.caption(profile["memory_reason"])
+    st.subheader(f"Top {profile.get('top_kind', 'operators')}")
+    st.dataframe(profile_charts.top_rows(profile), hide_index=True, key=f"{key}_top",
+                 column_config={"ms": st.column_config.NumberColumn(format="%.2f"),
+                                "mean µs": st.column_config.NumberColumn(format="%.1f"),
+                                "share %": st.column_config.NumberColumn(format="%.1f")})
+    with st.expander("How these figures are defined"):
+        for text in (profile.get("definitions") or {}).values():
+            st.markdown(f"- {text}")
+        st.markdown(f"- **Tensor Cores.** {tc.get('heuristic', '')}")
+
+
+def draw_advice(run, summary: dict) -> None:
+    st.header("What to try next")
+    items = advisor.advise(summary, run.config, run.device)
+    if not items:
+        st.caption("No rule found its evidence in this run's figures.")
+    for n, a in enumerate(items):
+        with st.container(border=True):
+            st.markdown(f"**{a.title}** — {a.why}")
+            st.markdown(f"Expected: **{a.expected}**  \n:small[{a.prediction_source}]")
+            with st.expander("Evidence"):
+                st.json(a.evidence)
+            if a.tryable:
+                if st.button(f"Try it: {advisor.describe_change(a.change)}", key=f"try_{run.id}_{a.rule}_{n}"):
+                    child = advisor.try_advice(store, run, a, user=state.get("user", ""))
+                    st.success(f"Queued run #{child} ({advisor.describe_change(a.change)}); "
+                               "its outcome appears below when it is done.", icon=":material/check:")
+    children = [r for r in store.list() if r.parent_id == run.id and store.metrics(r.id, "advice")]
+    if children:
+        st.subheader("Tried: predicted vs measured")
+    for child in children:
+        outcome = advisor.advice_outcome(store, child.id)
+        if outcome is None:
+            st.markdown(f"#{child.id} {child.label or ''}: {child.status}"
+                        + (f" ({child.error})" if child.error else ""))
+            continue
+        measured = (f"x{outcome['measured_factor']:.2f}" if outcome["measured_factor"] is not None else "n/a")
+        st.markdown(f"#{child.id} **{outcome['title']}**: predicted {outcome['predicted']} — measured "
+                    f"**{measured}** {outcome['metric'] or ''} ({outcome['device_label']}"
+                    + ("" if outcome["same_device"] else "; NOT the parent's device") + ")")
+
+
+def draw_traces(run) -> None:
+    folder = profiling.run_trace_dir(store, run)
+    files = profiling.trace_files(folder)
+    st.header("Trace files")
+    if not files:
+        st.caption(f"No trace: {profiling.why_no_trace(store, run)}")
+        return
+    st.caption("Open them in Perfetto (ui.perfetto.dev) or chrome://tracing for the full timeline.")
+    cols = st.columns(len(files) + 1)
+    for col, f in zip(cols, files):
+        col.download_button(f"Download {f.name.split('.', 1)[0]} trace", f.read_bytes(), file_name=f.name,
+                            mime="application/gzip", key=f"download_{f.name}")
+    if cols[-1].button("Open in TensorBoard", key="open_tb"):
+        try:
+            tb = tensorboard.start(store.home)
+            state["tb_link"] = tensorboard.run_link(tb, folder, store.home)
+        except tensorboard.TensorBoardError as e:
+            st.error(str(e))
+    link = state.get("tb_link")
+    if link:
+        st.markdown(f"[Open TensorBoard]({link['url']}) and choose run **{link['run']}** in its Runs list.")
+        st.caption(link["note"] + " The figures on this page need no internet.")
+
+
+st.title("Profile")
+runs = store.list(status="done")
+if not runs:
+    st.info("No finished runs yet. Launch one from the Lab page; runs profile a short window by default.",
+            icon=":material/info:")
+by_id = {r.id: r for r in runs}
+wanted = st.query_params.get("run")
+if wanted and str(wanted).isdigit() and int(wanted) in by_id and state.get("_profile_from") != wanted:
+    state["_profile_from"] = wanted
+    state["profile_run"] = int(wanted)
+if runs:
+    run_id = st.selectbox("Run", list(by_id), key="profile_run",
+                          format_func=lambda i: (f"#{i} {by_id[i].label}" if by_id[i].label else by_id[i].title)
+                          + f" · {(by_id[i].summary or {}).get('device_label', '')}")
+    run = by_id[run_id]
+    summary = dict(run.summary or {})
+    label = summary.get("device_label")
+    if not summary.get("profile"):
+        files = profiling.trace_files(profiling.run_trace_dir(store, run), "train")
+        if files:   # an older run: summarise its trace file instead
+            summary["profile"] = trace_summary(str(files[-1]), files[-1].stat().st_mtime)
+    windows = {name: summary[key] for name, key in (("Training window", "profile"),
+                                                    ("Inference window", "profile_inference")) if summary.get(key)}
+    if windows:
+        choice = st.segmented_control("Window", list(windows), default=list(windows)[0], key="profile_window")
+        draw_profile(windows.get(choice) or next(iter(windows.values())), label, "run")
+    else:
+        st.warning(f"Run #{run.id} has no profile: {profiling.why_no_trace(store, run)}", icon=":material/warning:")
+    draw_advice(run, summary)
+    draw_traces(run)
+
+with st.expander("Open a shared trace file"):
+    upload = st.file_uploader("A torch.profiler trace (.pt.trace.json or .json.gz)", type=["json", "gz"])
+    if upload is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / upload.name
+            path.write_bytes(upload.getvalue())
+            try:
+                shared = profiling.summarize_trace_file(path)
+            except ValueError as e:
+                st.error(str(e))
+                shared = None
+        if shared:
+            draw_profile(shared, shared.get("device_name") or ("a GPU (from a trace file)" if shared["device"] == "cuda"
+                                                                else "a CPU (from a trace file)"), "shared")

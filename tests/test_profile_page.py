@@ -1,0 +1,108 @@
+"""The Profile page, headless, on a copy of the session's real profiled CPU run."""
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from optlab import advisor, profile_charts
+from optlab.profiling import summarize_trace_file
+from optlab.store import Store
+from test_profiling import _gpu_trace, profiled  # noqa: F401  (the session's one profiled CPU run)
+
+PAGE = Path(__file__).resolve().parents[1] / "pages" / "profile.py"
+
+
+@pytest.fixture
+def page_home(profiled, tmp_path, monkeypatch):  # noqa: F811
+    store, run = profiled
+    home = tmp_path / "page-home"
+    shutil.copytree(store.home, home)          # the page may queue runs: keep the shared run untouched
+    monkeypatch.setenv("OPTLAB_HOME", str(home))
+    return Store(home), run.id
+
+
+def _open(run_id) -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    return at.run()
+
+
+def _text(at) -> str:
+    return " ".join(str(m.value) for kind in ("markdown", "info", "caption", "warning", "success")
+                    for m in getattr(at, kind))
+
+
+def test_the_page_draws_the_profile_the_advice_and_the_downloads(page_home):
+    store, run_id = page_home
+    at = _open(run_id)
+    assert not at.exception
+    assert at.selectbox(key="profile_run").value == run_id
+    assert len(at.get("plotly_chart")) == 4                    # categories, busy/idle, host vs device, memory
+    assert len(at.dataframe) == 1                              # top CPU operators
+    text = _text(at)
+    assert "CPU" in text and "not a GPU figure" in text
+    assert "These are CPU figures" in text                     # the advice
+    assert len(at.get("download_button")) == 2
+    assert "Open in TensorBoard" in [b.label for b in at.button]
+
+
+def test_the_inference_window_can_be_shown(page_home):
+    _, run_id = page_home
+    at = _open(run_id)
+    at.segmented_control(key="profile_window").set_value("Inference window").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 4
+
+
+def test_try_it_queues_the_child_run(page_home, monkeypatch):
+    store, run_id = page_home
+    monkeypatch.setattr(advisor, "INPUT_WAIT_SHARE", 0.0)      # so a tryable rule speaks on this CPU run
+    at = _open(run_id)
+    try_buttons = [b for b in at.button if b.label.startswith("Try it")]
+    assert try_buttons, [b.label for b in at.button]
+    try_buttons[0].click().run()
+    assert not at.exception
+    children = [r for r in store.list() if r.parent_id == run_id]
+    assert len(children) == 1 and children[0].status == "queued"
+    assert f"Queued run #{children[0].id}" in _text(at)
+    assert f"#{children[0].id}" in _text(at)                   # listed under "Tried"
+
+
+def _subtitles(figures) -> list[str]:
+    return [f.layout.title.subtitle.text for f in figures.values()]
+
+
+def test_every_chart_says_what_was_timed_and_on_which_device(profiled, tmp_path):  # noqa: F811
+    _, run = profiled
+    cpu = profile_charts.profile_figures(run.summary["profile"], run.summary["device_label"])
+    assert set(cpu) == {"categories", "busy", "host", "memory"}
+    assert all("CPU" in text and run.summary["device_label"] in text for text in _subtitles(cpu))
+    assert "Tensor Cores" not in profile_charts.top_rows(run.summary["profile"])[0]
+
+    gpu_profile = summarize_trace_file(_gpu_trace(tmp_path / "gpu.pt.trace.json.gz"))
+    gpu = profile_charts.profile_figures(gpu_profile, "GPU: NVIDIA H100 80GB HBM3")
+    assert gpu["busy"].layout.title.text == "GPU busy vs idle"
+    assert all("GPU: NVIDIA H100" in text for text in _subtitles(gpu))
+    assert [bar for bar in gpu["host"].data[0].x] == ["step (wall)", "host busy", "host waits", "GPU busy"]
+    assert profile_charts.top_rows(gpu_profile)[0]["Tensor Cores"] is True
+
+
+def test_open_in_tensorboard_starts_it_and_names_the_run(page_home, monkeypatch):
+    import socket
+
+    from optlab import tensorboard
+    store, run_id = page_home
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("OPTLAB_TB_PORT", str(s.getsockname()[1]))
+    at = _open(run_id)
+    try:
+        next(b for b in at.button if b.label == "Open in TensorBoard").click().run()
+        assert not at.exception
+        text = _text(at)
+        assert f"{run_id}/tb/run{run_id}" in text and "#pytorch_profiler" in text
+        assert "internet" in text                             # its charts need it; this page does not
+        assert tensorboard.running(store.home) is not None
+    finally:
+        tensorboard.stop(store.home)
