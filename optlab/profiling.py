@@ -143,25 +143,17 @@ def profile_inference(model: torch.nn.Module, example_batch: torch.Tensor, devic
     return summary
 
 
-def profile_run_inference(store, run_id: int, summary: dict, device: torch.device) -> dict:
-    """The inference window for a finished training run: its saved weights, its precision and
-    memory format, one batch of its test images at its training batch size (the eager model;
-    a compiled run is profiled uncompiled, and says so)."""
-    from optlab.data import load_dataset
-    from optlab.models import build_model
-    from optlab.pipeline import memory_format, to_model_input
-    from optlab.train import setup_precision
+def profile_run_inference(model, ds, cfg, batch_size: int, device: torch.device, trace_dir,
+                          autocast) -> dict:
+    """The inference window for a just-trained run: the trained (eager) model, its precision and
+    memory format, one batch of test images at the training batch size (a compiled run is
+    profiled uncompiled, and says so)."""
+    from optlab.pipeline import to_model_input
 
-    cfg = store.get(run_id).run_config
-    ds = load_dataset(cfg)
     size = cfg.image_size or ds.native_size
-    model = build_model(cfg.model, ds.channels, ds.num_classes, size)
-    model.load_state_dict(torch.load(summary["weights_path"], map_location="cpu", weights_only=True))
-    model = model.to(device, memory_format=memory_format(cfg.channels_last))
-    n = max(1, min(int(summary["batch_size"]), len(ds.test_y)))
+    n = max(1, min(int(batch_size), len(ds.test_y)))
     x = to_model_input(ds.test_x[:n].to(device), ds.mean, ds.std, size, cfg.channels_last)
-    trace_dir = store.artifacts_dir(run_id) / "tb" / f"run{run_id}"
-    result = profile_inference(model, x, device, trace_dir, setup_precision(cfg.precision, device).autocast)
+    result = profile_inference(model, x, device, trace_dir, autocast)
     result["compiled"] = False
     if cfg.compile:
         result["note"] = "the training run was compiled; this inference window ran the eager model"

@@ -132,7 +132,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
                    weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,
                    trace_dir=str(window.trace_dir) if window and window.trace_files else None)
     if window is not None and window.profiler_result is not None:
-        _attach_profile(store, run_id, window, summary, device)
+        _attach_profile(store, run_id, window, summary, device, model, ds, cfg, precision)
     if cfg.compress:
         from optlab.compress import run_steps
         progress({"phase": "compress"})
@@ -140,7 +140,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
     return summary
 
 
-def _attach_profile(store, run_id, window, summary, device) -> None:
+def _attach_profile(store, run_id, window, summary, device, model, ds, cfg, precision) -> None:
     """The in-app profile summaries: the training window's, and a short inference window's (its
     trace lands beside the training trace as worker "inference"). The run's own figures are
     already measured, so a failure here is logged as an event and never fails the run."""
@@ -150,7 +150,8 @@ def _attach_profile(store, run_id, window, summary, device) -> None:
     except Exception:
         store.add_event(run_id, "profile summary failed:\n" + traceback.format_exc(), level="error")
     try:
-        summary["profile_inference"] = profiling.profile_run_inference(store, run_id, summary, device)
+        summary["profile_inference"] = profiling.profile_run_inference(
+            model, ds, cfg, summary["batch_size"], device, window.trace_dir, precision.autocast)
     except Exception:
         store.add_event(run_id, "inference profile failed:\n" + traceback.format_exc(), level="error")
 
