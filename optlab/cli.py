@@ -132,6 +132,8 @@ def json_view(run) -> dict:
             out[k] = s.get(k)
     out["device"] = s.get("device") or (run.device or {}).get("kind")
     out["summary"] = s
+    from optlab.advisor import advise
+    out["advice"] = [a.to_dict() for a in advise(s, run.config, run.device)]
     return out
 
 
@@ -167,7 +169,9 @@ class ProgressBar:
 
 # -- commands ---------------------------------------------------------------------------------------
 def _add_run(p):
+    from optlab.compress.cli import add_compress_flags
     add_run_arguments(p)
+    add_compress_flags(p)   # --prune/--quantize/--distill/--export: parsed into args.compress_steps
     p.add_argument("--user", default="", help="who submitted it")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -176,7 +180,8 @@ def _run(args) -> int:
     from optlab import device as devices
     from optlab.runner import execute
     cfg = config_from_args(args)
-    cfg.validate(devices.describe(cfg.device if cfg.device in ("cpu", "cuda", "auto") else "auto"))
+    # Validate against this machine: "auto" describes the GPU when there is one, else the CPU.
+    cfg.validate(devices.describe("cpu" if cfg.device == "cpu" else "auto"))
     store = get_store()
     run_id = store.submit(cfg, user=args.user, status="running")
     bar = ProgressBar()

@@ -94,7 +94,7 @@ class RunConfig:
             need(size % 4 == 0, f"vit_tiny cuts images into 4x4 patches: image size must be a multiple of 4, not {size}")
         if not errors and self.compress:
             from optlab.compress import validate_steps
-            errors.extend(validate_steps(self.compress))
+            errors.extend(validate_steps(self.compress, device_info))
         if device_info is not None and not errors:
             errors.extend(self._device_errors(device_info))
         if errors:

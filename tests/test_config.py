@@ -80,3 +80,8 @@ def test_batch_size_text_parses_numbers_and_auto():
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ConfigError, match="speedrun"):
         preset("fastest")
+
+
+def test_compression_steps_are_checked_against_the_device():
+    with pytest.raises(ConfigError, match="2:4"):
+        RunConfig(device="cpu", compress=[{"method": "prune_2to4"}]).validate(CPU)

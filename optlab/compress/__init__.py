@@ -1,14 +1,26 @@
 """Compression methods: each is `apply(model, spec, context) -> Variant`, described by data
-(a dict with a `method` key) that is stored with the run."""
+(a dict with a `method` key) that is stored with the run.
+
+    prune.py     prune_unstructured, prune_structured (Torch-Pruning), prune_2to4 (GPU 8.0+)
+    quantize.py  half_precision, int8_static, int8_dynamic, torchao_* (GPU, when torchao is installed)
+    distill.py   distill (student with the teacher, and the same student without it)
+    export.py    export_onnx (ONNX Runtime), export_tensorrt (when torch_tensorrt is installed)
+    recipe.py    run_steps: baseline + every variant, evaluated and benchmarked; `benchmark` settings
+"""
 from __future__ import annotations
 
-from optlab.registry import Registry
+from optlab.compress.base import METHODS, CompressionRefused, Variant
 
-METHODS: Registry = Registry("compression method")
+# Importing the method modules registers their methods.
+from optlab.compress import prune, quantize, distill, export  # noqa: E402,F401  (registration)
+from optlab.compress.recipe import run_steps  # noqa: E402
+
+__all__ = ["METHODS", "CompressionRefused", "Variant", "available_methods", "run_steps", "validate_steps"]
 
 
-def validate_steps(steps: list[dict]) -> list[str]:
-    """Messages for steps that name no registered method or carry bad settings."""
+def validate_steps(steps: list[dict], device_info=None) -> list[str]:
+    """Messages for steps that name no registered method or carry bad settings; with
+    `device_info` (optlab.device.DeviceInfo), also for methods that cannot run on that device."""
     errors = []
     for step in steps:
         name = step.get("method")
@@ -17,5 +29,10 @@ def validate_steps(steps: list[dict]) -> list[str]:
             continue
         check = getattr(METHODS.get(name), "validate", None)
         if check:
-            errors.extend(check(step))
+            errors.extend(check(step) if device_info is None else check(step, device_info))
     return errors
+
+
+def available_methods(device_info=None) -> dict[str, str | None]:
+    """Every method with why it cannot run here (None when it can): what a form should offer."""
+    return {name: m.unavailable(device_info) for name, m in METHODS.items()}

@@ -1,0 +1,89 @@
+"""Saving and loading weights. Loading never unpickles code: `torch.load(weights_only=True)` only,
+and a file that holds Python objects beyond tensors and plain containers is refused."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from optlab.models import build_model
+from optlab.pipeline import memory_format
+
+
+class CheckpointError(RuntimeError):
+    """Weights that cannot be loaded safely or do not fit; the message says what to do."""
+
+
+def save_weights(model: nn.Module, path: Path) -> Path:
+    """The module's state dict at `path` (folders created); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def load_weights(path: str | Path) -> dict:
+    """A state dict read with `weights_only=True`, onto the CPU."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no weights at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it holds pickled Python objects, not only tensors ({first}). "
+            "OptLab reads weights with torch.load(weights_only=True) so a file cannot run code; "
+            "save weights with torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def fit_to_state_dict(model: nn.Module, state: dict) -> nn.Module:
+    """Resize convolutions, batch norms and linear layers to the shapes in `state`, so a model
+    narrowed by structured pruning is rebuilt from its registry architecture and plain tensors."""
+    for name, m in list(model.named_modules()):
+        weight = state.get(f"{name}.weight" if name else "weight")
+        if weight is None or getattr(m, "weight", None) is None or tuple(m.weight.shape) == tuple(weight.shape):
+            continue
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out_c, in_per_group = weight.shape[:2]
+            depthwise = m.groups == m.in_channels and m.groups > 1
+            groups = out_c if depthwise else m.groups
+            m.in_channels, m.out_channels, m.groups = in_per_group * groups, out_c, groups
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            m.num_features = weight.shape[0]
+            for buf in ("running_mean", "running_var"):
+                if getattr(m, buf, None) is not None:
+                    setattr(m, buf, torch.empty_like(state[f"{name}.{buf}"]))
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = weight.shape
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = tuple(weight.shape)
+        else:
+            raise CheckpointError(f"layer {name!r} ({type(m).__name__}) has shape {tuple(m.weight.shape)} here "
+                                  f"but {tuple(weight.shape)} in the weights, and cannot be resized")
+        m.weight = nn.Parameter(torch.empty_like(weight))
+        bias = state.get(f"{name}.bias")
+        if bias is not None and getattr(m, "bias", None) is not None:
+            m.bias = nn.Parameter(torch.empty_like(bias))
+    model.load_state_dict(state)
+    return model
+
+
+def load_run_model(run, ds, device: torch.device) -> nn.Module:
+    """The finished run's trained model, rebuilt from the model registry and its saved weights."""
+    cfg = run.run_config
+    path = (run.summary or {}).get("weights_path")
+    if not path:
+        raise CheckpointError(f"run #{run.id} has no saved weights (status {run.status}); "
+                              "compress needs a finished run")
+    model = build_model(cfg.model, ds.channels, ds.num_classes, cfg.image_size or ds.native_size)
+    state = load_weights(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"the weights at {path} do not fit {cfg.model}: {str(e).splitlines()[0]}") from None
+    return model.to(device, memory_format=memory_format(cfg.channels_last)).eval()

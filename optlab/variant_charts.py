@@ -1,0 +1,61 @@
+"""The variants chart: test accuracy against measured batch-1 latency, one bubble per variant
+(its area the size on disk), with the Pareto front per device. A pure builder: variant records
+in, a Plotly figure out; Plotly is imported only when a figure is built."""
+from __future__ import annotations
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both lower latency (x) and higher accuracy (y),
+    in order of latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _hover(v: dict) -> str:
+    macs = f"{v['macs'] / 1e6:,.1f} M" if v.get("macs") else "n/a"
+    lines = [f"<b>{v['name']}</b>", f"accuracy {100 * v['test_accuracy']:.2f} %",
+             f"batch-1 latency p50 {v['latency_ms_p50']:.3f} ms, p90 {v['latency_ms_p90']:.3f} ms",
+             f"throughput {v['throughput_images_per_s']:,.0f} img/s at batch {v['throughput_batch']}",
+             f"{v['size_mb']:.2f} MB on disk" if v.get("size_mb") is not None else "size n/a",
+             f"params {v['params']:,} ({v['nonzero_params']:,} non-zero), MACs {macs}",
+             f"layers: {v.get('layers_converted') or 'n/a'}", v["device_label"]]
+    return "<br>".join(lines)
+
+
+def variants_figure(variants: list[dict], title: str | None = None):
+    """Accuracy vs measured latency; bubble area = size on disk; a dashed Pareto front per device.
+    Variants without a measured latency or accuracy (refused, failed, random labels) are left
+    out and listed under the chart. Every point says on which device it was measured."""
+    import plotly.graph_objects as go
+
+    usable = [v for v in variants if not v.get("error") and v.get("latency_ms_p50") and v.get("test_accuracy") is not None]
+    left_out = [v["name"] for v in variants if v not in usable]
+    sizes = [v["size_mb"] or 0 for v in usable]
+    largest = max(sizes, default=0) or 1
+    fig = go.Figure()
+    for label in dict.fromkeys(v["device_label"] for v in usable):
+        group = [v for v in usable if v["device_label"] == label]
+        fig.add_trace(go.Scatter(
+            x=[v["latency_ms_p50"] for v in group], y=[100 * v["test_accuracy"] for v in group],
+            mode="markers+text", name=label, text=[v["name"] for v in group], textposition="top center",
+            marker=dict(size=[v["size_mb"] or 0 for v in group], sizemode="area", sizemin=6,
+                        sizeref=2 * largest / 50 ** 2, opacity=0.7, line=dict(width=1)),
+            hovertext=[_hover(v) for v in group], hoverinfo="text"))
+        front = [group[i] for i in pareto_front([(v["latency_ms_p50"], v["test_accuracy"]) for v in group])]
+        if len(front) > 1:
+            fig.add_trace(go.Scatter(x=[v["latency_ms_p50"] for v in front], y=[100 * v["test_accuracy"] for v in front],
+                                     mode="lines", line=dict(dash="dash", width=1), name=f"Pareto front ({label})",
+                                     hoverinfo="skip"))
+    subtitle = "bubble area: size on disk; latency measured at batch 1 on the device named in the legend"
+    if left_out:
+        subtitle += f"<br>not shown (no measurement): {', '.join(left_out)}"
+    fig.update_layout(
+        title=dict(text=f"{title or 'Variants: accuracy vs latency'}<br><sup>{subtitle}</sup>"),
+        xaxis_title="latency at batch 1, median (ms)", yaxis_title="test accuracy (%)",
+        legend=dict(orientation="h", yanchor="top", y=-0.2), template="plotly_white")
+    return fig
