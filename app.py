@@ -1,0 +1,75 @@
+"""OptLab in the browser: navigation over the pages, the shared sidebar, and this server's one
+background scheduler. `make run` starts it (`streamlit run app.py`).
+
+Widgets defined here live on every page, so the submitter's name survives page changes. Pages
+find the server's device in st.session_state["device_info"].
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from optlab import device as devices
+from optlab.store import Store, optlab_home
+
+ROOT = Path(__file__).parent
+
+st.set_page_config(page_title="OptLab", page_icon="⚡", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def scheduler(home: str):
+    """The process-wide scheduler that works the queue of the store at `home`.
+
+    Keyed by home so a server pointed at another OPTLAB_HOME (tests do this) gets its own.
+    """
+    from optlab.scheduler import shared_scheduler
+    return shared_scheduler(Store(home))
+
+
+@st.cache_resource(show_spinner=False)
+def server_device():
+    """The device runs from this server use by default ('auto')."""
+    return devices.describe("auto")
+
+
+home = str(optlab_home())
+# OPTLAB_SCHEDULER=0 leaves the queue to another process (a separate `optlab` worker host, or
+# tests that check only what the form queues).
+queue = scheduler(home) if os.environ.get("OPTLAB_SCHEDULER", "1") != "0" else None
+info = server_device()
+st.session_state["device_info"] = info
+
+pages = [
+    st.Page("pages/lab.py", title="Lab", icon=":material/science:", default=True),
+    st.Page("pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/insights:"),
+]
+# Pages written separately join the navigation once their file exists.
+for file, title, icon in (("pages/profile.py", "Profile", ":material/speed:"),
+                          ("pages/report.py", "Report", ":material/description:")):
+    if (ROOT / file).exists():
+        pages.append(st.Page(file, title=title, icon=icon))
+page = st.navigation(pages)
+wanted = st.query_params.get("page")
+if wanted:
+    # A page opened by URL before this script had ever run (see the guard at the top of each page).
+    del st.query_params["page"]
+    target = next((p for p in pages if p.url_path == wanted), None)
+    if target is not None and target.url_path != page.url_path:
+        st.switch_page(target, query_params=st.query_params.to_dict())
+
+with st.sidebar:
+    st.text_input("Your name", key="user", placeholder="shown next to your runs",
+                  help="Shown next to the runs you launch, so a room sharing one GPU knows whose run is whose.")
+    if info.is_gpu:
+        memory = f" · {info.total_memory_mb / 1024:.0f} GiB" if info.total_memory_mb else ""
+        st.caption(f":material/memory: **{info.label}**{memory}")
+    else:
+        st.caption(":material/computer: **No GPU here**: runs use the CPU and every figure is a CPU figure.")
+    st.caption(f"Queue: {queue.message if queue else 'worked by another process (OPTLAB_SCHEDULER=0)'}")
+    st.caption(f"Store: `{home}`")
+
+page.run()

@@ -1,0 +1,265 @@
+"""Plotly figure builders: data in, `plotly.graph_objects.Figure` out.
+
+The dashboard and the exported report draw the same charts from these functions. Plotly is
+imported inside each builder so the engine imports without it. Rows are plain dicts that use the
+run summary's own keys (`train_images_per_s`, `test_accuracy` as a fraction, `peak_memory_mb`,
+`memory_kind`, `device_label`) plus a display `label`; a row missing a figure is left out of the
+chart that needs it, never drawn as zero.
+
+Every figure carries its device in the subtitle, and says so when the runs mix devices, because a
+CPU figure must never pass for a GPU figure.
+"""
+from __future__ import annotations
+
+import math
+
+FONT_SIZE = 15          # readable on a workshop projector
+PALETTE = ("#3B7DD8", "#E8743B", "#19A979", "#ED4A7B", "#945ECF", "#13A4B4", "#525DF4", "#BF399E",
+           "#6C8893", "#EE6868", "#2F6497", "#F6AB2F")
+MEMORY_KINDS = {"cuda_allocator": "GPU allocator peak", "host_rss": "process peak RSS (host)"}
+
+# Telemetry series (optlab.telemetry's row keys) the live chart draws when present: (key, title,
+# unit). NVML fields are read one by one, so a GPU without a power sensor still gets the others;
+# the worker process's own CPU and memory are sampled on every machine.
+TELEMETRY_SERIES = (
+    ("gpu_util_pct", "GPU utilisation", "%"),
+    ("mem_used_mb", "GPU memory used", "MB"),
+    ("power_w", "GPU power draw", "W"),
+    ("cpu_pct", "Worker CPU (100 % = one core)", "%"),
+    ("rss_mb", "Worker memory (RSS)", "MB"),
+)
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+def device_note(labels) -> str:
+    """'Measured on GPU: X', or a warning naming every device when there is more than one."""
+    distinct = sorted({label for label in labels if label})
+    if not distinct:
+        return "Device not recorded"
+    if len(distinct) == 1:
+        return f"Measured on {distinct[0]}"
+    return "Mixed devices, compare with care: " + "; ".join(distinct)
+
+
+def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100):
+    """Title, device subtitle and the shared look; `top` leaves room for panel titles or axis labels."""
+    fig.update_layout(
+        title=dict(text=title, subtitle=dict(text=device_note(devices), font=dict(size=13, color="#555")),
+                   y=0.98, yanchor="top"),
+        template="plotly_white", font=dict(size=FONT_SIZE), height=height,
+        margin=dict(t=top, l=70, r=30, b=60), legend=dict(orientation="h", y=-0.2),
+        colorway=list(PALETTE),
+    )
+    return fig
+
+
+def _have(row: dict, *keys) -> bool:
+    return all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in keys)
+
+
+def _pct(value):
+    return None if value is None else 100 * value
+
+
+# -- the Pareto front ----------------------------------------------------------------------------
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (larger is better on both),
+    ordered by x. A point equal to another on both axes is kept once (the first)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((xj >= x and yj >= y) and ((xj, yj) != (x, y) or j < i)
+                        for j, (xj, yj) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def pareto_scatter(rows: list[dict]):
+    """Throughput vs accuracy, bubble area = peak memory, the Pareto front drawn as a line."""
+    import plotly.graph_objects as go
+
+    usable = [r for r in rows if _have(r, "train_images_per_s", "test_accuracy")]
+    fig = go.Figure()
+    memories = [r["peak_memory_mb"] for r in usable if _have(r, "peak_memory_mb")]
+    # sizeref for sizemode="area": the largest bubble is about 60 px across
+    sizeref = 2.0 * max(memories) / 60 ** 2 if memories else 1
+    for n, device in enumerate(sorted({r.get("device_label") or "?" for r in usable})):
+        group = [r for r in usable if (r.get("device_label") or "?") == device]
+        fig.add_trace(go.Scatter(
+            x=[r["train_images_per_s"] for r in group], y=[_pct(r["test_accuracy"]) for r in group],
+            mode="markers+text", name=device, text=[r.get("label", "") for r in group],
+            textposition="top center", cliponaxis=False,
+            marker=dict(size=[r.get("peak_memory_mb") or 0 for r in group], sizemode="area", sizeref=sizeref,
+                        sizemin=8, color=PALETTE[n % len(PALETTE)], opacity=0.75,
+                        line=dict(width=1, color="white")),
+            customdata=[[r.get("peak_memory_mb"), MEMORY_KINDS.get(r.get("memory_kind"), "")] for r in group],
+            hovertemplate="<b>%{text}</b><br>%{x:,.0f} images/s<br>%{y:.2f} % accuracy"
+                          "<br>peak memory %{customdata[0]:,.0f} MB (%{customdata[1]})<extra></extra>"))
+    front = pareto_front([(r["train_images_per_s"], r["test_accuracy"]) for r in usable])
+    if len(front) >= 1:
+        fig.add_trace(go.Scatter(
+            x=[usable[i]["train_images_per_s"] for i in front], y=[_pct(usable[i]["test_accuracy"]) for i in front],
+            mode="lines+markers", name="Pareto front (best trade-offs)", line=dict(color="#444", dash="dash", width=2),
+            marker=dict(symbol="circle-open", size=14, color="#444", line=dict(width=2)),
+            line_shape="hv", hoverinfo="skip"))
+    fig.update_xaxes(title_text="Training throughput (images/s, steady state)", rangemode="tozero")
+    fig.update_yaxes(title_text="Test accuracy (%)")
+    fig.update_layout(legend=dict(title=dict(
+        text="Up and to the right is better.<br>Bubble area = peak memory (MB).", side="top")))
+    return _finish(fig, "Speed vs accuracy", [r.get("device_label") for r in usable], height=520)
+
+
+# -- bars ------------------------------------------------------------------------------------------
+def speedup_bars(rows: list[dict], baseline: dict):
+    """Training throughput of each run divided by the baseline's (1.0 = as fast as the baseline)."""
+    import plotly.graph_objects as go
+
+    base = baseline.get("train_images_per_s")
+    usable = [r for r in rows if _have(r, "train_images_per_s")] if base else []
+    ratios = [r["train_images_per_s"] / base for r in usable]
+    fig = go.Figure(go.Bar(
+        x=[r.get("label", "") for r in usable], y=ratios, text=[f"{v:.2f}×" for v in ratios],
+        textposition="outside", cliponaxis=False, name="speed-up",
+        marker_color=[PALETTE[2] if v >= 1 else PALETTE[1] for v in ratios],
+        customdata=[r["train_images_per_s"] for r in usable],
+        hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline<br>%{customdata:,.0f} images/s<extra></extra>"))
+    fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
+    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", rangemode="tozero")
+    fig.update_xaxes(title_text="Run")
+    return _finish(fig, f"Training speed-up against {baseline.get('label', 'the baseline')}",
+                   [r.get("device_label") for r in usable + [baseline]])
+
+
+def memory_bars(rows: list[dict]):
+    """Peak memory per run, one colour per kind of memory figure (GPU allocator or host RSS)."""
+    import plotly.graph_objects as go
+
+    usable = [r for r in rows if _have(r, "peak_memory_mb")]
+    fig = go.Figure()
+    for n, kind in enumerate(sorted({r.get("memory_kind") or "" for r in usable})):
+        group = [r for r in usable if (r.get("memory_kind") or "") == kind]
+        fig.add_trace(go.Bar(
+            x=[r.get("label", "") for r in group], y=[r["peak_memory_mb"] for r in group],
+            name=MEMORY_KINDS.get(kind, kind or "peak memory"), marker_color=PALETTE[(n + 4) % len(PALETTE)],
+            text=[f"{r['peak_memory_mb']:,.0f}" for r in group], textposition="outside", cliponaxis=False,
+            hovertemplate="<b>%{x}</b><br>%{y:,.0f} MB<extra></extra>"))
+    fig.update_yaxes(title_text="Peak memory (MB)", rangemode="tozero")
+    fig.update_xaxes(title_text="Run")
+    return _finish(fig, "Peak memory during training", [r.get("device_label") for r in usable])
+
+
+# -- curves ----------------------------------------------------------------------------------------
+def accuracy_curves(curves: list[dict], target: float | None = None):
+    """Test accuracy after each epoch against cumulative training time (evaluation excluded).
+
+    Each curve: {"label", "device_label", "epochs": [{"cumulative_train_seconds", "test_accuracy"}, ...]}.
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    drawn = []
+    for n, curve in enumerate(curves):
+        points = [e for e in curve.get("epochs", []) if _have(e, "cumulative_train_seconds", "test_accuracy")]
+        if not points:
+            continue
+        drawn.append(curve)
+        fig.add_trace(go.Scatter(
+            x=[e["cumulative_train_seconds"] for e in points], y=[_pct(e["test_accuracy"]) for e in points],
+            mode="lines+markers", name=curve.get("label", ""), line=dict(color=PALETTE[n % len(PALETTE)], width=3),
+            marker=dict(size=10),
+            hovertemplate="<b>" + curve.get("label", "") + "</b><br>%{x:.1f} s of training<br>"
+                          "%{y:.2f} % accuracy<extra></extra>"))
+    if target is not None:
+        fig.add_hline(y=100 * target, line_dash="dot", line_color="#888",
+                      annotation_text=f"target {100 * target:.0f} %", annotation_position="bottom right")
+    fig.update_xaxes(title_text="Training time (s, evaluation excluded)", rangemode="tozero")
+    fig.update_yaxes(title_text="Test accuracy (%)")
+    return _finish(fig, "Accuracy against training time", [c.get("device_label") for c in drawn])
+
+
+def parallel_knobs(rows: list[dict], knobs: list[tuple[str, str]], outcomes: list[tuple[str, str]]):
+    """Parallel coordinates from knobs (left) to outcomes (right), coloured by the first outcome.
+
+    `knobs` and `outcomes` are (row key, axis label); outcome labels carry their unit, and a
+    fraction key ending in `accuracy` is shown in %. Knob values are drawn as categories.
+    """
+    import plotly.graph_objects as go
+
+    usable = [r for r in rows if all(_have(r, key) for key, _ in outcomes)]
+    dimensions = []
+    for key, label in knobs:
+        values = [r.get(key) for r in usable]
+        categories = sorted({str(v) for v in values}, key=_natural)
+        index = {c: i for i, c in enumerate(categories)}
+        dimensions.append(dict(label=label, values=[index[str(v)] for v in values],
+                               tickvals=list(range(len(categories))), ticktext=categories,
+                               range=[-0.25, max(len(categories) - 1, 0) + 0.25]))
+    for key, label in outcomes:
+        scale = 100 if key.endswith("accuracy") else 1
+        dimensions.append(dict(label=label, values=[scale * r[key] for r in usable], tickformat=",.4~r"))
+    color = [r[outcomes[0][0]] for r in usable] if outcomes else None
+    fig = go.Figure(go.Parcoords(
+        dimensions=dimensions,
+        line=dict(color=color, colorscale="Viridis", showscale=True,
+                  colorbar=dict(title=dict(text=outcomes[0][1] if outcomes else "")))))
+    _finish(fig, "From knobs to outcomes", [r.get("device_label") for r in usable], height=500, top=150)
+    fig.update_layout(margin=dict(l=90, r=60, b=40))
+    return fig
+
+
+def _natural(text: str):
+    """Sort '64' < '128' < 'auto' and 'False' < 'True' the way people expect."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+# -- live charts -----------------------------------------------------------------------------------
+def training_progress(rows: list[dict], device_label: str | None):
+    """Loss and throughput against training step while a run trains.
+
+    Rows: {"step", "loss", "images_per_s"} (either figure may be missing from a row).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Throughput"), horizontal_spacing=0.12)
+    losses = [r for r in rows if _have(r, "step", "loss")]
+    speeds = [r for r in rows if _have(r, "step", "images_per_s")]
+    fig.add_trace(go.Scatter(x=[r["step"] for r in losses], y=[r["loss"] for r in losses], mode="lines+markers",
+                             name="loss", line=dict(color=PALETTE[0], width=3)), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[r["step"] for r in speeds], y=[r["images_per_s"] for r in speeds],
+                             mode="lines+markers", name="images/s", line=dict(color=PALETTE[2], width=3)),
+                  row=1, col=2)
+    fig.update_xaxes(title_text="Step")
+    fig.update_yaxes(title_text="Loss (cross-entropy)", row=1, col=1)
+    fig.update_yaxes(title_text="Throughput (images/s)", rangemode="tozero", row=1, col=2)
+    _finish(fig, "Training progress", [device_label], height=380, top=125)
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def telemetry(rows: list[dict], device_label: str | None):
+    """Device telemetry over time: one panel per series present in `rows` (utilisation, memory, power).
+
+    Rows: {"t": unix seconds, <series key>: value, ...}; time is shown from the first sample.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    present = [s for s in TELEMETRY_SERIES if any(_have(r, s[0]) for r in rows)]
+    fig = make_subplots(rows=max(1, len(present)), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[f"{title} ({unit})" for _, title, unit in present] or ["No samples"])
+    start = min((r["t"] for r in rows if _have(r, "t")), default=0)
+    for n, (key, title, unit) in enumerate(present, start=1):
+        points = [r for r in rows if _have(r, "t", key)]
+        fig.add_trace(go.Scatter(x=[r["t"] - start for r in points], y=[r[key] for r in points], mode="lines",
+                                 name=title, line=dict(color=PALETTE[(n + 2) % len(PALETTE)], width=3),
+                                 hovertemplate=f"%{{x:.1f}} s<br>%{{y:,.1f}} {unit}<extra>{title}</extra>"),
+                      row=n, col=1)
+        fig.update_yaxes(title_text=unit, rangemode="tozero", row=n, col=1)
+    fig.update_xaxes(title_text="Time since the first sample (s)", row=max(1, len(present)), col=1)
+    _finish(fig, "Device telemetry", [device_label], height=200 + 150 * max(1, len(present)), top=125)
+    fig.update_layout(showlegend=False)
+    return fig

@@ -1,0 +1,112 @@
+"""Compare: pick finished runs (or a sweep) and see what each knob did to speed, memory and accuracy."""
+from __future__ import annotations
+
+import streamlit as st
+
+from optlab import charts, views
+from optlab.store import Store
+
+OUTCOMES = [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "accuracy (%)"),
+            ("peak_memory_mb", "peak memory (MB)")]
+DEFAULT_COUNT = 6
+
+if "device_info" not in st.session_state:
+    # Opened by URL as the server's very first request: Streamlit then runs this file on its own
+    # (its legacy pages/ mode) instead of through app.py. Go through app.py, which comes back here.
+    st.switch_page("app.py", query_params={**st.query_params.to_dict(), "page": "compare"})
+
+store = Store()
+state = st.session_state
+
+st.title("Compare")
+done = store.list(status="done")         # one query; newest first
+by_id = {r.id: r for r in done}
+sweeps = views.sweeps(done)
+wanted = st.query_params.get("sweep")
+if wanted:
+    members = store.list(sweep_id=wanted)
+    finished = sum(r.status == "done" for r in members)
+    if finished < len(members):
+        st.info(f"Sweep `{wanted}`: {finished} of {len(members)} runs finished so far; "
+                "reload this page to add the others as they finish.", icon=":material/hourglass_top:")
+
+if not done:
+    st.info("Nothing to compare yet: runs appear here once they finish.", icon=":material/info:")
+    st.page_link("pages/lab.py", label="Launch runs from the Lab", icon=":material/science:")
+else:
+    # -- which runs ------------------------------------------------------------------------------
+    # Streamlit forgets a page's widgets while another page is shown; copies under "_" keys keep
+    # this visitor's choice of runs across page visits.
+    for key in ("compare_mode", "compare_sweep", "compare_ids"):
+        if key not in state and "_" + key in state:
+            state[key] = state["_" + key]
+    if wanted in sweeps and state.get("_compare_from") != wanted:
+        state["_compare_from"] = wanted
+        state["compare_mode"], state["compare_sweep"] = "A sweep", wanted
+    modes = ["A sweep", "Runs I pick"] if sweeps else ["Runs I pick"]
+    if state.get("compare_mode") not in modes:
+        state["compare_mode"] = modes[0]
+    mode = (st.radio("Compare", modes, key="compare_mode", horizontal=True, label_visibility="collapsed")
+            if len(modes) > 1 else modes[0])
+    if mode == "A sweep":
+        if state.get("compare_sweep") not in sweeps:
+            state["compare_sweep"] = next(iter(sweeps))
+        sweep = st.selectbox("Sweep", list(sweeps), key="compare_sweep", format_func=lambda s: (
+            f"{s} · {len(sweeps[s])} runs · {', '.join(views.varying_knobs(sweeps[s])) or 'one setting'} · "
+            f"{views.when(sweeps[s][-1].created_at)}"))
+        selected = sorted(sweeps[sweep], key=lambda r: r.id)
+    else:
+        state["compare_ids"] = [i for i in state.get("compare_ids", sorted(list(by_id)[:DEFAULT_COUNT]))
+                                if i in by_id]
+        ids = st.multiselect("Runs", list(by_id), key="compare_ids", placeholder="Choose finished runs",
+                             format_func=lambda i: f"#{i} · {views.run_name(by_id[i])}"
+                                                   + (f" · {by_id[i].user}" if by_id[i].user else ""))
+        selected = [by_id[i] for i in sorted(ids)]
+    for key in ("compare_mode", "compare_sweep", "compare_ids"):
+        if key in state:
+            state["_" + key] = state[key]
+
+    if not selected:
+        st.info("Choose at least one run.")
+    else:
+        rows = views.figure_rows(selected)
+        label_of = {r["id"]: r["label"] for r in rows}
+        on = views.devices(selected)
+        if len(on) > 1:
+            st.warning("**These runs were measured on different devices** (" + "; ".join(on) + "). "
+                       "Speed and memory differences mix the knobs with the hardware.", icon=":material/warning:")
+        elif on and not on[0].startswith("GPU"):
+            st.info(f"All figures below are **CPU figures** ({on[0]}), not GPU figures.", icon=":material/computer:")
+
+        baseline_id = st.selectbox("Baseline for speed-up", [r.id for r in selected], format_func=label_of.get,
+                                   help="Speed-ups are this run's training throughput divided into each run's.")
+        baseline = next(r for r in rows if r["id"] == baseline_id)
+
+        # -- the charts ---------------------------------------------------------------------------
+        st.plotly_chart(charts.pareto_scatter(rows), theme=None, key="pareto")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
+        right.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
+        curves = views.epoch_curves(store, [r.id for r in selected])
+        targets = {r.config.get("target_accuracy") for r in selected}
+        st.plotly_chart(charts.accuracy_curves(
+            [{"label": label_of[r.id], "device_label": views.device_label(r), "epochs": curves[r.id]}
+             for r in selected], target=targets.pop() if len(targets) == 1 else None), theme=None, key="curves")
+        knobs = views.varying_knobs(selected)
+        if knobs:
+            st.plotly_chart(charts.parallel_knobs(rows, [(f"knob:{k}", k) for k in knobs], OUTCOMES),
+                            theme=None, key="parallel")
+        else:
+            st.caption("Choose runs whose settings differ to see which knob led where (parallel coordinates).")
+
+        # -- the figures as a table ---------------------------------------------------------------
+        st.subheader("Figures")
+        table = views.table_rows(selected)
+        st.dataframe(table, hide_index=True, column_config={
+            k: st.column_config.NumberColumn(format=f) for k, f in (
+                ("train images/s", "%.0f"), ("step ms p50", "%.1f"), ("accuracy %", "%.2f"),
+                ("peak memory MB", "%.0f"), ("train s", "%.1f"), ("time to target s", "%.1f"),
+                ("size MB", "%.2f"), ("latency ms p50", "%.2f"), ("latency ms p90", "%.2f"),
+                ("inference images/s", "%.0f"))})
+        st.download_button("Download CSV", views.to_csv(table), file_name="optlab-comparison.csv",
+                           mime="text/csv", icon=":material/download:")

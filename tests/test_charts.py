@@ -1,0 +1,120 @@
+import subprocess
+import sys
+
+import pytest
+
+from optlab import charts
+
+CPU = "CPU: test processor (2 threads)"
+GPU = "GPU: NVIDIA H100 80GB HBM3"
+
+
+def row(label, ips, acc, mem, device=CPU, kind="host_rss"):
+    return {"label": label, "train_images_per_s": ips, "test_accuracy": acc, "peak_memory_mb": mem,
+            "memory_kind": kind, "device_label": device}
+
+
+ROWS = [row("#1 fp32", 100.0, 0.90, 900), row("#2 bf16", 180.0, 0.89, 600), row("#3 bs=512", 150.0, 0.85, 1200),
+        row("#4 compiled", 90.0, 0.92, 950)]
+
+
+def test_pareto_front_on_a_known_set():
+    points = [(1, 5), (2, 4), (3, 1), (2, 2), (1.5, 4.5), (0.5, 0.5), (3, 1)]
+    # (2, 2) is beaten by (2, 4); (0.5, 0.5) by everything; the second (3, 1) repeats the first
+    assert charts.pareto_front(points) == [0, 4, 1, 2]
+    assert charts.pareto_front([]) == []
+    assert charts.pareto_front([(1, 1)]) == [0]
+
+
+def test_pareto_scatter_draws_runs_front_units_and_device():
+    fig = charts.pareto_scatter(ROWS + [row("#5 no accuracy", 50.0, None, 100)])
+    runs, front = fig.data
+    assert list(runs.x) == [100.0, 180.0, 150.0, 90.0]            # the run without accuracy is left out
+    assert list(runs.y) == pytest.approx([90.0, 89.0, 85.0, 92.0])   # accuracy shown in %
+    assert list(runs.marker.size) == [900, 600, 1200, 950] and runs.marker.sizemode == "area"
+    assert list(front.x) == [90.0, 100.0, 180.0] and list(front.y) == pytest.approx([92.0, 90.0, 89.0])
+    assert fig.layout.xaxis.title.text.startswith("Training throughput (images/s")
+    assert fig.layout.yaxis.title.text.startswith("Test accuracy (%)")
+    assert fig.layout.title.subtitle.text == f"Measured on {CPU}"
+    assert "Bubble area = peak memory (MB" in fig.layout.legend.title.text
+
+
+def test_mixed_devices_are_named_and_drawn_apart():
+    fig = charts.pareto_scatter(ROWS[:2] + [row("#9 gpu", 9000.0, 0.9, 300, GPU, "cuda_allocator")])
+    assert "Mixed devices" in fig.layout.title.subtitle.text
+    assert CPU in fig.layout.title.subtitle.text and GPU in fig.layout.title.subtitle.text
+    assert sorted(t.name for t in fig.data[:2]) == [CPU, GPU]
+
+
+def test_speedup_bars_divide_by_the_baseline():
+    fig = charts.speedup_bars(ROWS, ROWS[0])
+    bars = fig.data[0]
+    assert list(bars.x) == ["#1 fp32", "#2 bf16", "#3 bs=512", "#4 compiled"]
+    assert list(bars.y) == pytest.approx([1.0, 1.8, 1.5, 0.9])
+    assert list(bars.text) == ["1.00×", "1.80×", "1.50×", "0.90×"]
+    assert "Speed-up" in fig.layout.yaxis.title.text and "×" in fig.layout.yaxis.title.text
+    assert fig.layout.shapes[0].y0 == 1                              # the baseline line
+    assert CPU in fig.layout.title.subtitle.text
+
+
+def test_memory_bars_keep_gpu_and_host_figures_apart():
+    rows = ROWS[:2] + [row("#9 gpu", 9000.0, 0.9, 300, GPU, "cuda_allocator")]
+    fig = charts.memory_bars(rows)
+    by_name = {t.name: (list(t.x), list(t.y)) for t in fig.data}
+    assert by_name == {"GPU allocator peak": (["#9 gpu"], [300]),
+                       "process peak RSS (host)": (["#1 fp32", "#2 bf16"], [900, 600])}
+    assert fig.layout.yaxis.title.text == "Peak memory (MB)"
+
+
+def test_accuracy_curves_use_cumulative_training_time_and_percent():
+    curves = [{"label": "#1", "device_label": CPU, "epochs": [
+        {"cumulative_train_seconds": 2.0, "test_accuracy": 0.7},
+        {"cumulative_train_seconds": 4.5, "test_accuracy": 0.8}]},
+        {"label": "#2 empty", "device_label": GPU, "epochs": []}]
+    fig = charts.accuracy_curves(curves, target=0.9)
+    assert len(fig.data) == 1                                        # a run without epochs draws nothing
+    assert list(fig.data[0].x) == [2.0, 4.5] and list(fig.data[0].y) == pytest.approx([70.0, 80.0])
+    assert fig.layout.xaxis.title.text == "Training time (s, evaluation excluded)"
+    assert fig.layout.yaxis.title.text == "Test accuracy (%)"
+    assert fig.layout.shapes[0].y0 == pytest.approx(90.0)
+    assert fig.layout.title.subtitle.text == f"Measured on {CPU}"    # only the drawn run's device
+
+
+def test_parallel_coordinates_map_knobs_to_categories_and_outcomes_with_units():
+    rows = [dict(r, **{"knob:batch_size": bs, "knob:precision": p})
+            for r, bs, p in zip(ROWS, [128, 64, 512, "auto"], ["fp32", "bf16", "fp32", "bf16"])]
+    fig = charts.parallel_knobs(rows, [("knob:batch_size", "batch_size"), ("knob:precision", "precision")],
+                                [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "accuracy (%)")])
+    dims = fig.data[0].dimensions
+    assert [d.label for d in dims] == ["batch_size", "precision", "throughput (images/s)", "accuracy (%)"]
+    assert list(dims[0].ticktext) == ["64", "128", "512", "auto"]    # numbers in order, words last
+    assert [dims[0].ticktext[v] for v in dims[0].values] == ["128", "64", "512", "auto"]
+    assert list(dims[3].values) == pytest.approx([90.0, 89.0, 85.0, 92.0])
+    assert CPU in fig.layout.title.subtitle.text
+
+
+def test_live_progress_chart_has_loss_and_throughput_panels():
+    fig = charts.training_progress([{"step": 1, "loss": 2.3, "images_per_s": None},
+                                    {"step": 5, "loss": 1.9, "images_per_s": 800.0}], GPU)
+    loss, speed = fig.data
+    assert list(loss.x) == [1, 5] and list(speed.x) == [5]
+    assert fig.layout.yaxis2.title.text == "Throughput (images/s)" and fig.layout.xaxis.title.text == "Step"
+    assert fig.layout.title.subtitle.text == f"Measured on {GPU}"
+
+
+def test_telemetry_draws_each_series_present_with_its_unit():
+    samples = [{"t": 100.0, "gpu_util_pct": 50, "mem_used_mb": 1000, "cpu_pct": 99.0},
+               {"t": 101.5, "gpu_util_pct": 97, "cpu_pct": 101.0}]
+    fig = charts.telemetry(samples, GPU)
+    # no power sensor and no RSS in these rows: no panel for either
+    assert [t.name for t in fig.data] == ["GPU utilisation", "GPU memory used", "Worker CPU (100 % = one core)"]
+    assert list(fig.data[0].x) == [0.0, 1.5] and list(fig.data[1].x) == [0.0]
+    assert [a.text for a in fig.layout.annotations] == [
+        "GPU utilisation (%)", "GPU memory used (MB)", "Worker CPU (100 % = one core) (%)"]
+    assert fig.layout.title.subtitle.text == f"Measured on {GPU}"
+
+
+def test_engine_modules_import_without_plotly_or_streamlit():
+    code = ("import sys, optlab.charts, optlab.views, optlab.sweeps; "
+            "assert 'plotly' not in sys.modules and 'streamlit' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
