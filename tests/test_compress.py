@@ -21,7 +21,6 @@ STEPS = [
     BENCH,
     {"method": "prune_unstructured", "sparsity": 0.5, "finetune_steps": 1},
     {"method": "prune_structured", "ratio": 0.3, "finetune_steps": 2},
-    {"method": "prune_2to4"},
     {"method": "int8_static", "calibration_batches": 2},
     {"method": "int8_dynamic"},
     {"method": "distill", "student": "speednet", "width": 0.25, "steps": 3},
@@ -141,12 +140,13 @@ def test_the_distilled_student_differs_from_its_control_only_by_the_teacher(comp
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) > 1e-3
 
 
-def test_2to4_on_the_cpu_is_refused_with_its_reason_and_the_run_goes_on(compressed):
-    _, run = compressed
-    v = variant(run, "prune_2to4")
-    assert v["refused"] and "compute capability 8.0" in v["error"] and "CPU" in v["error"]
-    assert v["test_accuracy"] is None and v["latency_ms_p50"] is None
-    assert variants(run, "int8_static")    # later steps still ran
+def test_2to4_on_the_cpu_is_refused_with_its_reason_before_training(store):
+    rid = store.submit(tiny_config(compress=[{"method": "prune_2to4"}]))
+    execute(store, rid)
+    run = store.get(rid)
+    assert run.status == "failed"
+    assert "compute capability 8.0" in run.error and "CPU" in run.error
+    assert run.summary is None                      # refused before any training started
 
 
 def test_onnx_runtime_variant_matches_pytorch(compressed):
@@ -170,12 +170,15 @@ def test_onnx_runtime_variant_matches_pytorch(compressed):
 def test_variants_figure_plots_measured_variants_per_device(compressed):
     from optlab.variant_charts import variants_figure
     _, run = compressed
-    fig = variants_figure(run.summary["variants"])
+    refused = dict(variant(run, "baseline"), name="prune_2to4", method="prune_2to4", refused=True,
+                   error="needs compute capability 8.0+", test_accuracy=None, latency_ms_p50=None)
+    fig = variants_figure(run.summary["variants"] + [refused])
     points = [t for t in fig.data if t.mode == "markers+text"]
     assert [t.name for t in points] == [variant(run, "baseline")["device_label"], variant(run, "export_onnx")["device_label"]]
     measured = [v for v in run.summary["variants"] if not v.get("error")]
+    assert measured and all(v.get("latency_ms_p50") for v in measured)
     assert sum(len(t.x) for t in points) == len(measured)
-    assert "prune_2to4 (refused)" in fig.layout.title.text
+    assert "not shown (no measurement): prune_2to4" in fig.layout.title.text
 
 
 def test_compress_command_adds_variants_to_a_finished_run(compressed, monkeypatch, capsys):
