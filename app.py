@@ -7,14 +7,12 @@ find the server's device in st.session_state["device_info"].
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import streamlit as st
 
 from optlab import device as devices
 from optlab.store import Store, optlab_home
 
-ROOT = Path(__file__).parent
 
 st.set_page_config(page_title="OptLab", page_icon="⚡", layout="wide")
 
@@ -43,23 +41,12 @@ info = server_device()
 st.session_state["device_info"] = info
 
 pages = [
-    st.Page("pages/lab.py", title="Lab", icon=":material/science:", default=True),
-    st.Page("pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/insights:"),
+    st.Page("app_pages/lab.py", title="Lab", icon=":material/science:", default=True),
+    st.Page("app_pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/insights:"),
+    st.Page("app_pages/profile.py", title="Profile", icon=":material/speed:"),
 ]
-# Pages written separately join the navigation once their file exists.
-for file, title, icon in (("pages/profile.py", "Profile", ":material/speed:"),
-                          ("pages/report.py", "Report", ":material/description:")):
-    if (ROOT / file).exists():
-        pages.append(st.Page(file, title=title, icon=icon))
 page = st.navigation(pages)
-wanted = st.query_params.get("page")
-if wanted:
-    # A page opened by URL before this script had ever run (see the guard at the top of each page).
-    del st.query_params["page"]
-    target = next((p for p in pages if p.url_path == wanted), None)
-    if target is not None and target.url_path != page.url_path:
-        st.switch_page(target, query_params=st.query_params.to_dict())
 
 with st.sidebar:
     st.text_input("Your name", key="user", placeholder="shown next to your runs",

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PAGES = ("pages/lab.py", "pages/runs.py", "pages/compare.py")
+PAGES = ("app_pages/lab.py", "app_pages/runs.py", "app_pages/compare.py")
 GOAL_S = 1.5
 
 

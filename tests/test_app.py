@@ -137,8 +137,8 @@ def test_the_form_keeps_its_values_across_pages(app):
     at = app()
     knob(at, "number_input", "epochs").set_value(3)
     knob(at, "button_group", "precision").set_value("bf16").run()
-    at.switch_page("pages/runs.py").run()
-    at.switch_page("pages/lab.py").run()
+    at.switch_page("app_pages/runs.py").run()
+    at.switch_page("app_pages/lab.py").run()
     assert knob(at, "number_input", "epochs").value == 3
     assert knob(at, "button_group", "precision").value == "bf16"
 
@@ -161,7 +161,7 @@ def test_the_form_offers_every_knob_and_the_registries_choices(app):
 # -- Runs ------------------------------------------------------------------------------------------
 def test_runs_page_shows_history_figures_and_charts(app, trained_home):
     at = app(trained_home)
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("app_pages/runs.py").run()
     no_errors(at)
     history = at.dataframe[0].value
     assert list(history["id"]) == [4, 3, 2, 1]
@@ -178,7 +178,7 @@ def test_runs_page_shows_history_figures_and_charts(app, trained_home):
 
 def test_rerun_with_changes_fills_the_lab_form(app, trained_home):
     at = app(trained_home)
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("app_pages/runs.py").run()
     at.selectbox(key="runs_selected").set_value(2).run()
     by_label(at.button, "Re-run with changes").click().run()
     no_errors(at)
@@ -190,7 +190,7 @@ def test_rerun_with_changes_fills_the_lab_form(app, trained_home):
 def test_cancel_and_delete_from_the_runs_page(app, store):
     queued = store.submit(tiny_config(), user="ada")
     at = app()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("app_pages/runs.py").run()
     by_label(at.button, "Cancel").click().run()
     no_errors(at)
     assert store.get(queued).status == "cancelled"
@@ -202,7 +202,7 @@ def test_cancel_and_delete_from_the_runs_page(app, store):
 # -- Compare ---------------------------------------------------------------------------------------
 def test_compare_page_draws_every_chart_for_the_sweep(app, trained_home):
     at = app(trained_home)
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     no_errors(at)
     assert at.radio(key="compare_mode").value == "A sweep"
     assert len(plotly_charts(at)) == 5                              # pareto, speed-up, curves, memory, parallel
@@ -215,14 +215,14 @@ def test_compare_page_draws_every_chart_for_the_sweep(app, trained_home):
 
 def test_compare_picked_runs_keeps_the_choice(app, trained_home):
     at = app(trained_home)
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     at.radio(key="compare_mode").set_value("Runs I pick").run()
     at.multiselect(key="compare_ids").set_value([1, 3]).run()
     no_errors(at)
     # labels name only what differs between the chosen runs
     assert list(at.dataframe[0].value["run"]) == ["#1 bs=32 epochs=2", "#3 bs=64 epochs=1"]
-    at.switch_page("pages/lab.py").run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/lab.py").run()
+    at.switch_page("app_pages/compare.py").run()
     assert at.multiselect(key="compare_ids").value == [1, 3]
 
 
@@ -230,14 +230,14 @@ def test_compare_link_to_a_sweep_says_how_much_has_finished(app, store):
     sweep_id, _ = submit_sweep(store, expand(tiny_config(), {"precision": ["fp32", "bf16"]}))
     at = app()
     at.query_params["sweep"] = sweep_id
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     no_errors(at)
     assert any(f"Sweep `{sweep_id}`: 0 of 2 runs finished" in i.value for i in at.info)
 
 
 def test_every_page_renders_on_an_empty_store(app):
     at = app()
-    for page in ("pages/runs.py", "pages/compare.py", "pages/lab.py"):
+    for page in ("app_pages/runs.py", "app_pages/compare.py", "app_pages/lab.py"):
         at.switch_page(page).run()
         no_errors(at)
 

@@ -10,7 +10,7 @@ from optlab.profiling import summarize_trace_file
 from optlab.store import Store
 from test_profiling import _gpu_trace, profiled  # noqa: F401  (the session's one profiled CPU run)
 
-PAGE = Path(__file__).resolve().parents[1] / "pages" / "profile.py"
+PAGE = Path(__file__).resolve().parents[1] / "app_pages" / "profile.py"
 
 
 @pytest.fixture

@@ -10,11 +10,6 @@ OUTCOMES = [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "
             ("peak_memory_mb", "peak memory (MB)")]
 DEFAULT_COUNT = 6
 
-if "device_info" not in st.session_state:
-    # Opened by URL as the server's very first request: Streamlit then runs this file on its own
-    # (its legacy pages/ mode) instead of through app.py. Go through app.py, which comes back here.
-    st.switch_page("app.py", query_params={**st.query_params.to_dict(), "page": "compare"})
-
 store = Store()
 state = st.session_state
 
@@ -32,7 +27,7 @@ if wanted:
 
 if not done:
     st.info("Nothing to compare yet: runs appear here once they finish.", icon=":material/info:")
-    st.page_link("pages/lab.py", label="Launch runs from the Lab", icon=":material/science:")
+    st.page_link("app_pages/lab.py", label="Launch runs from the Lab", icon=":material/science:")
 else:
     # -- which runs ------------------------------------------------------------------------------
     # Streamlit forgets a page's widgets while another page is shown; copies under "_" keys keep

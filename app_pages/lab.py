@@ -13,11 +13,6 @@ from optlab.sweeps import MAX_RUNS, SWEEPABLE, expand, parse_values, submit_swee
 
 NO_KNOB = "—"
 
-if "device_info" not in st.session_state:
-    # Opened by URL as the server's very first request: Streamlit then runs this file on its own
-    # (its legacy pages/ mode) instead of through app.py. Go through app.py, which comes back here.
-    st.switch_page("app.py", query_params={**st.query_params.to_dict(), "page": "lab"})
-
 store = Store()
 info = st.session_state["device_info"]
 state = st.session_state
@@ -183,9 +178,9 @@ if notice:
     if notice["sweep_id"]:
         st.success(f"Sweep `{notice['sweep_id']}` queued: {len(ids)} runs (#{ids[0]}–#{ids[-1]}).",
                    icon=":material/check_circle:")
-        st.page_link("pages/compare.py", label="Compare this sweep", icon=":material/insights:",
+        st.page_link("app_pages/compare.py", label="Compare this sweep", icon=":material/insights:",
                      query_params={"sweep": notice["sweep_id"]})
     else:
         st.success(f"Run #{ids[0]} queued.", icon=":material/check_circle:")
-    st.page_link("pages/runs.py", label=f"Watch run #{ids[0]} on the Runs page", icon=":material/visibility:",
+    st.page_link("app_pages/runs.py", label=f"Watch run #{ids[0]} on the Runs page", icon=":material/visibility:",
                  query_params={"run": str(ids[0])})

@@ -10,11 +10,6 @@ from optlab.store import Store
 
 REFRESH_S = 2
 
-if "device_info" not in st.session_state:
-    # Opened by URL as the server's very first request: Streamlit then runs this file on its own
-    # (its legacy pages/ mode) instead of through app.py. Go through app.py, which comes back here.
-    st.switch_page("app.py", query_params={**st.query_params.to_dict(), "page": "runs"})
-
 store = Store()
 state = st.session_state
 
@@ -25,7 +20,7 @@ active_ids = [r.id for r in runs if r.status in views.ACTIVE]
 
 if not runs:
     st.info("No runs yet. Launch one from the Lab page.", icon=":material/info:")
-    st.page_link("pages/lab.py", label="Go to the Lab", icon=":material/science:")
+    st.page_link("app_pages/lab.py", label="Go to the Lab", icon=":material/science:")
 
 
 # -- the queue, refreshed in place while anything is queued or running ------------------------------
@@ -79,7 +74,7 @@ if runs:
         st.rerun()
     if buttons.button("Re-run with changes", icon=":material/edit:",
                          help="Open the Lab form filled with this run's settings."):
-        st.switch_page("pages/lab.py", query_params={"from_run": str(run.id)})
+        st.switch_page("app_pages/lab.py", query_params={"from_run": str(run.id)})
     with buttons.popover("Delete", icon=":material/delete:", disabled=not run.finished,
                             help="Remove this run, its figures and its files."):
         st.write(f"Delete run #{run.id} and its artifacts? This cannot be undone.")
