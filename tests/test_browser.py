@@ -89,6 +89,10 @@ def test_launch_watch_and_compare_a_tiny_cpu_run(server, tmp_path, isolated_home
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(60_000)
+            # A shared link as the fresh server's first request still gets the app's navigation.
+            page.goto(server.rstrip("/") + "/compare")
+            expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
+            expect(page.get_by_label("Your name", exact=True)).to_be_visible()
             page.goto(server)
             expect(page.get_by_role("heading", name="Lab", exact=True)).to_be_visible()
             expect(page.get_by_text("No GPU on this server")).to_be_visible()
