@@ -62,6 +62,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
+    from optlab.compress.cli import add_compress_flags
+    add_compress_flags(p)   # --prune/--quantize/--distill/--export: parsed into args.compress_steps
 
 
 _CONFIG_FLAGS = ("model", "dataset", "precision", "batch_size", "max_batch_size", "epochs", "lr", "optimizer",
@@ -169,9 +171,7 @@ class ProgressBar:
 
 # -- commands ---------------------------------------------------------------------------------------
 def _add_run(p):
-    from optlab.compress.cli import add_compress_flags
     add_run_arguments(p)
-    add_compress_flags(p)   # --prune/--quantize/--distill/--export: parsed into args.compress_steps
     p.add_argument("--user", default="", help="who submitted it")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 

@@ -66,3 +66,13 @@ def test_bad_values_are_refused_before_anything_runs(tmp_path, args, message):
 def test_show_of_a_missing_run_says_so(tmp_path):
     out = optlab("show", "999", home=tmp_path)
     assert out.returncode == 2 and "no run #999" in out.stderr
+
+
+def test_submit_takes_the_same_compression_flags_as_run(tmp_path):
+    out = optlab("submit", "--device", "cpu", "--prune", "unstructured:0.5", "--quantize", "int8-static",
+                 "--user", "ada", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = Store(tmp_path).list()
+    assert run.status == "queued" and run.user == "ada"
+    methods = [s["method"] for s in run.config["compress"]]
+    assert "prune_unstructured" in methods and "int8_static" in methods
