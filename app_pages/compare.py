@@ -94,6 +94,14 @@ else:
         else:
             st.caption("Choose runs whose settings differ to see which knob led where (parallel coordinates).")
 
+        with_variants = [r for r in selected if (r.summary or {}).get("variants")]
+        if with_variants:
+            from optlab.variant_charts import variants_figure
+            st.subheader("Compressed variants")
+            for r in with_variants:
+                st.plotly_chart(variants_figure(r.summary["variants"], title=f"{label_of[r.id]}: variants, "
+                                                "accuracy vs latency"), theme=None, key=f"variants_{r.id}")
+
         # -- the figures as a table ---------------------------------------------------------------
         st.subheader("Figures")
         table = views.table_rows(selected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from optlab import views
-from optlab.compress import METHODS
+from optlab.compress import METHODS, available_methods
 from optlab.config import DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS, PRESETS, ConfigError, preset
 from optlab.data import DATASETS
 from optlab.models import MODELS
@@ -126,11 +126,16 @@ with st.container(border=True):
                     widget(name)
     with st.expander("Compression after training", expanded=bool(values["compress_methods"]
                                                                      or values["compress_json"])):
-        methods = METHODS.names()
+        # Offer what can run on this server; say why the others cannot.
+        unavailable = available_methods(info)
+        methods = [m for m, why in unavailable.items() if why is None and not METHODS.get(m).settings_only]
+        refused = {m: why for m, why in unavailable.items() if why}
         st.multiselect(views.KNOBS["compress"].label, methods, key=key("compress_methods"),
                        default=[m for m in values["compress_methods"] if m in methods],
                        help=views.KNOBS["compress"].help, disabled=not methods,
                        placeholder="none" if methods else "no compression methods installed")
+        if refused:
+            st.caption("Not offered here: " + "; ".join(f"**{m}**: {why}" for m, why in refused.items()))
         st.text_area("Step settings (JSON, optional)", value=values["compress_json"], key=key("compress_json"),
                      height=80, placeholder='[{"method": "prune_unstructured", "sparsity": 0.5}]',
                      help="A list of steps with their settings; when filled it replaces the methods picked above.")

@@ -229,6 +229,9 @@ def short_labels(runs: list[Run], limit: int = 3) -> dict[int, str]:
                 parts.append(names.get(k, k) if v else f"no {names.get(k, k)}")
             elif k in ("precision", "model", "dataset"):
                 parts.append(str(v))
+            elif k == "compress":
+                methods = [step.get("method") for step in v or [] if step.get("method") != "benchmark"]
+                parts.append("+".join(methods) if methods else "no compression")
             else:
                 parts.append(f"{names.get(k, k)}={v if v is not None else 'default'}")
         labels[run.id] = f"#{run.id} " + " ".join(parts) if parts else f"#{run.id}"
@@ -272,7 +275,7 @@ def table_rows(runs: list[Run]) -> list[dict]:
         for v in s.get("variants") or []:
             out.append({
                 "run": labels[run.id], "variant": "  ↳ " + str(v.get("name", "variant")),
-                "device": v.get("device") or device_label(run) or "",
+                "device": v.get("device_label") or device_label(run) or "",
                 "train images/s": None, "step ms p50": None, "accuracy %": _pct(v.get("test_accuracy")),
                 "peak memory MB": None, "memory kind": None, "train s": None, "time to target s": None,
                 "params": v.get("params"), "nonzero params": v.get("nonzero_params"), "size MB": v.get("size_mb"),

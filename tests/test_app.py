@@ -29,7 +29,10 @@ def trained_home(tmp_path_factory):
     store = Store(home)
     base = tiny_config(limit_train=128, limit_test=128, batch_size=32, epochs=2)
     _, ids = submit_sweep(store, expand(base, {"precision": ["fp32", "bf16"]}), user="ada")
-    ids.append(store.submit(base.replace(batch_size=64, epochs=1), user="grace"))
+    quick_bench = {"method": "benchmark", "repeats": 3, "warmup": 1, "throughput_batch": 16,
+                   "throughput_repeats": 1, "batch_sizes": [1]}
+    ids.append(store.submit(base.replace(batch_size=64, epochs=1, compress=[
+        quick_bench, {"method": "prune_unstructured", "sparsity": 0.5, "finetune_steps": 1}]), user="grace"))
     for run_id in ids:
         execute(store, run_id)
     # more images per step than the 16 training images: fails at set-up with a reason
@@ -220,7 +223,8 @@ def test_compare_picked_runs_keeps_the_choice(app, trained_home):
     at.multiselect(key="compare_ids").set_value([1, 3]).run()
     no_errors(at)
     # labels name only what differs between the chosen runs
-    assert list(at.dataframe[0].value["run"]) == ["#1 bs=32 epochs=2", "#3 bs=64 epochs=1"]
+    assert list(at.dataframe[0].value["run"])[0] == "#1 bs=32 epochs=2 no compression"
+    assert "#3 bs=64 epochs=1 prune_unstructured" in list(at.dataframe[0].value["run"])
     at.switch_page("app_pages/lab.py").run()
     at.switch_page("app_pages/compare.py").run()
     assert at.multiselect(key="compare_ids").value == [1, 3]
@@ -264,3 +268,24 @@ def test_comparison_table_lists_variants_under_their_run():
     assert child["variant"].endswith("pruned 50%") and child["accuracy %"] == pytest.approx(88.0)
     assert (child["latency ms p50"], child["inference images/s"], child["nonzero params"]) == (1.5, 900.0, 5)
     assert "pruned 50%" in views.to_csv([parent, child])
+
+
+def test_compare_draws_the_variants_of_a_compressed_run(app, trained_home):
+    at = app(trained_home)
+    at.switch_page("app_pages/compare.py").run()
+    at.radio(key="compare_mode").set_value("Runs I pick").run()
+    at.multiselect(key="compare_ids").set_value([3]).run()
+    no_errors(at)
+    titles = [c.proto.spec for c in plotly_charts(at)]
+    assert any("variants, accuracy vs latency" in t for t in titles)
+    variants = list(at.dataframe[0].value["variant"])
+    assert variants[0] == "trained model" and any("unstructured 50%" in v for v in variants[1:]), variants
+
+
+def test_lab_offers_only_compression_that_can_run_here(app):
+    at = app()
+    at.switch_page("app_pages/lab.py").run()
+    offered = next(m for m in at.multiselect if m.label == views.KNOBS["compress"].label).options
+    assert "prune_unstructured" in offered and "int8_static" in offered
+    assert "benchmark" not in offered and "prune_2to4" not in offered       # settings step; needs a GPU
+    assert any("prune_2to4" in c.value for c in at.caption)
