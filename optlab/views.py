@@ -219,7 +219,7 @@ def varying_knobs(runs: list[Run]) -> list[str]:
 def short_labels(runs: list[Run], limit: int = 3) -> dict[int, str]:
     """'#12 bf16 bs=256': the id plus up to `limit` knobs that differ across these runs."""
     vary = varying_knobs(runs)[:limit]
-    names = {"batch_size": "bs", "channels_last": "NHWC", "compile": "compiled", "pipeline": "data on"}
+    names = {"batch_size": "bs", "channels_last": "NHWC", "compile": "compiled"}
     labels = {}
     for run in runs:
         parts = []
@@ -229,6 +229,8 @@ def short_labels(runs: list[Run], limit: int = 3) -> dict[int, str]:
                 parts.append(names.get(k, k) if v else f"no {names.get(k, k)}")
             elif k in ("precision", "model", "dataset"):
                 parts.append(str(v))
+            elif k == "pipeline":
+                parts.append(f"data on {v}")
             elif k == "compress":
                 methods = [step.get("method") for step in v or [] if step.get("method") != "benchmark"]
                 parts.append("+".join(methods) if methods else "no compression")
