@@ -33,6 +33,19 @@ def get_store():
     return Store()
 
 
+class RunNotFound(LookupError):
+    """A run id that is not in the store; `main` prints it and exits with 2."""
+
+
+def get_run(run_id: int):
+    """(store, run) for a run that exists, else RunNotFound naming the store."""
+    store = get_store()
+    run = store.get(run_id)
+    if run is None:
+        raise RunNotFound(f"no run #{run_id} in {store.home}")
+    return store, run
+
+
 # -- run flags (shared by run, submit, and re-runs) ---------------------------------------------
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     from optlab.data import DATASETS
@@ -230,10 +243,7 @@ def _add_show(p):
 
 
 def _show(args) -> int:
-    run = get_store().get(args.id)
-    if run is None:
-        print(f"no run #{args.id}", file=sys.stderr)
-        return 2
+    _, run = get_run(args.id)
     if args.json:
         print(json.dumps(json_view(run)))
     else:
@@ -270,6 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, RunNotFound) as e:
+        print(f"error: {e.args[0] if isinstance(e, RunNotFound) else e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from optlab.cli import add_run_arguments, command, config_from_args, get_store, json_view, print_table, summary_rows
+from optlab.cli import add_run_arguments, command, config_from_args, get_run, get_store, json_view, print_table, summary_rows
 
 
 def _submitter() -> str:
@@ -69,11 +69,7 @@ def status_view(store, run) -> dict:
 
 
 def _status(args) -> int:
-    store = get_store()
-    run = store.get(args.id)
-    if run is None:
-        print(f"no run #{args.id} in {store.home}", file=sys.stderr)
-        return 2
+    store, run = get_run(args.id)
     view = status_view(store, run)
     if args.json:
         print(json.dumps(view))
@@ -120,11 +116,7 @@ def _add_cancel(p):
 
 def _cancel(args) -> int:
     from optlab.scheduler import cancel
-    store = get_store()
-    before = store.get(args.id)
-    if before is None:
-        print(f"no run #{args.id} in {store.home}", file=sys.stderr)
-        return 2
+    store, before = get_run(args.id)
     status = cancel(store, args.id)
     if before.status == "queued":
         print(f"run #{args.id} cancelled")

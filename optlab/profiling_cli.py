@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from optlab import tensorboard
-from optlab.cli import command, get_store
+from optlab.cli import command, get_run
 from optlab.profiling import run_trace_dir, trace_files, why_no_trace
 
 
@@ -19,11 +19,7 @@ def _add_trace(p):
 
 
 def _trace(args) -> int:
-    store = get_store()
-    run = store.get(args.id)
-    if run is None:
-        print(f"no run #{args.id}", file=sys.stderr)
-        return 2
+    store, run = get_run(args.id)
     folder = run_trace_dir(store, run)
     files = trace_files(folder)
     if not files:

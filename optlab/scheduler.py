@@ -81,7 +81,8 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process runs (reaping our own finished child; a zombie counts as gone)."""
     if not pid:
         return False
     try:
@@ -129,7 +130,7 @@ class Job:
         if self.proc is not None:
             rc = self.proc.poll()
             return rc is not None, rc
-        return not _pid_alive(self.pid), None
+        return not pid_alive(self.pid), None
 
 
 class SchedulerLock:
@@ -332,7 +333,7 @@ class Scheduler:
         for run in self.store.list(status="running", newest_first=False):
             if run.id in self.jobs or (run.heartbeat_at is None and run.worker_pid is None):
                 continue
-            alive = _pid_alive(run.worker_pid)
+            alive = pid_alive(run.worker_pid)
             fresh = run.heartbeat_at is not None and time.time() - run.heartbeat_at < self.stale_s
             if alive and fresh:
                 self.jobs[run.id] = Job(run.id, run.worker_pid, self._free_slot())

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from optlab.store import optlab_home
+from optlab.scheduler import pid_alive
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 6006
 PLUGIN = "pytorch_profiler"
@@ -83,16 +84,6 @@ def _state_file(home: Path) -> Path:
     return home / "tensorboard.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def command(home: str | Path | None = None, host: str | None = None, port: int | None = None) -> list[str]:
     """The command line that serves OPTLAB_HOME/runs (what `start` runs, and what the CLI prints)."""
     home = Path(home) if home else optlab_home()
@@ -109,7 +100,7 @@ def running(home: str | Path | None = None) -> TensorBoard | None:
         tb = TensorBoard(int(data["pid"]), data["host"], int(data["port"]), data["logdir"], reused=True)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return tb if _alive(tb.pid) and tb.answers() else None
+    return tb if pid_alive(tb.pid) and tb.answers() else None
 
 
 def start(home: str | Path | None = None, *, host: str | None = None, port: int | None = None,
@@ -156,7 +147,7 @@ def stop(home: str | Path | None = None) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     _state_file(home).unlink(missing_ok=True)
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     for _ in range(50):
@@ -164,7 +155,7 @@ def stop(home: str | Path | None = None) -> bool:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:   # our child: reap it
                 return True
         except ChildProcessError:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return True
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)

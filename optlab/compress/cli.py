@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from optlab.cli import command, get_store, print_table
+from optlab.cli import command, get_run, print_table
 
 # word (or word:value) -> the step it means; `value` is the text after the colon, or None.
 PRUNE = {
@@ -192,11 +192,7 @@ def _compress(args) -> int:
     from optlab.compress.checkpoint import CheckpointError, load_run_model
     from optlab.data import load_dataset
 
-    store = get_store()
-    run = store.get(args.id)
-    if run is None:
-        print(f"error: no run #{args.id}", file=sys.stderr)
-        return 2
+    store, run = get_run(args.id)
     if run.status != "done":
         print(f"error: run #{run.id} is {run.status}; compress needs a finished (done) run", file=sys.stderr)
         return 2
