@@ -113,13 +113,9 @@ if runs:
                 fig.update_xaxes(title_text="Epoch")
                 st.plotly_chart(fig, theme=None, key=f"epochs_{run_id}")
         elif not current.finished:
-            # The store keeps only the latest progress, so the live curve is what this page has seen.
-            seen = state.setdefault("_progress_seen", {}).setdefault(run_id, [])
-            p = current.progress or {}
-            if p.get("step") is not None and (not seen or seen[-1]["step"] != p["step"]):
-                seen.append({k: p.get(k) for k in ("step", "loss", "images_per_s")})
-            if seen:
-                st.plotly_chart(charts.training_progress(seen, label), theme=None, key=f"live_{run_id}")
+            history = store.metrics(run_id, "progress")
+            if history:
+                st.plotly_chart(charts.training_progress(history, label), theme=None, key=f"live_{run_id}")
         with st.expander("All figures and settings", expanded=current.status != "done"):
             st.dataframe([{"": k, "value": v} for k, v in summary_rows(current)], hide_index=True)
             st.json(current.config, expanded=False)

@@ -234,7 +234,9 @@ def training_progress(rows: list[dict], device_label: str | None):
                   row=1, col=2)
     fig.update_xaxes(title_text="Step")
     fig.update_yaxes(title_text="Loss (cross-entropy)", row=1, col=1)
-    fig.update_yaxes(title_text="Throughput (images/s)", rangemode="tozero", row=1, col=2)
+    # The live figure is the host clock since the epoch began; the run's reported throughput
+    # (steady-state, device timeline) is computed when the epoch ends.
+    fig.update_yaxes(title_text="Throughput, live estimate (images/s)", rangemode="tozero", row=1, col=2)
     _finish(fig, "Training progress", [device_label], height=380, top=125)
     fig.update_layout(showlegend=False)
     return fig

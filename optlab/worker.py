@@ -123,6 +123,11 @@ class Worker:
                                               log_tail(self.log_path) if size != tail_size else None)
                 if fresh:
                     sent, sent_at = progress, now
+                    if progress.get("phase") == "train" and progress.get("step") is not None:
+                        # the history behind the live loss / throughput curve
+                        self.store.add_metric(self.run_id, "progress", _finite(
+                            {k: progress.get(k) for k in ("step", "epoch", "loss", "images_per_s")}),
+                            step=progress["step"])
                 tail_size = size
                 if cancel and not self.cancel.is_set():
                     self.cancel.set()

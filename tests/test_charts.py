@@ -98,7 +98,7 @@ def test_live_progress_chart_has_loss_and_throughput_panels():
                                     {"step": 5, "loss": 1.9, "images_per_s": 800.0}], GPU)
     loss, speed = fig.data
     assert list(loss.x) == [1, 5] and list(speed.x) == [5]
-    assert fig.layout.yaxis2.title.text == "Throughput (images/s)" and fig.layout.xaxis.title.text == "Step"
+    assert fig.layout.yaxis2.title.text == "Throughput, live estimate (images/s)" and fig.layout.xaxis.title.text == "Step"
     assert fig.layout.title.subtitle.text == f"Measured on {GPU}"
 
 

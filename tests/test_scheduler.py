@@ -179,6 +179,10 @@ def test_cancelling_a_running_run_ends_it_cancelled_and_its_process_is_gone(stor
     run = wait_for(lambda: training(store, run_id), 60, "training to start")
     p = run.progress
     assert {"epoch", "step", "loss", "images_per_s", "eta_s"} <= set(p) and time.time() - run.heartbeat_at < 3
+    history = wait_for(lambda: (h := store.metrics(run_id, "progress")) and len(h) >= 2 and h, 30,
+                       "two progress samples in the history")
+    steps = [row["step"] for row in history]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and history[-1]["images_per_s"] > 0
     assert cancel(store, run_id) == "cancelled"
     run = wait_for(lambda: (r := store.get(run_id)).finished and r, 20, "the run to end")
     assert run.status == "cancelled" and "cancel" in run.error
