@@ -27,13 +27,20 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def normalisation(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, C, 1, 1) tensors on `device`: made once, so no step copies them there."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
 def to_model_input(x: torch.Tensor, mean, std, size: int, channels_last: bool) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> normalised float32 at `size` px, in the chosen memory format."""
+    """uint8 (N, C, H, W) -> normalised float32 at `size` px, in the chosen memory format.
+    `mean` and `std` are tuples, or tensors from `normalisation` (which never copy per batch)."""
     x = x.float().div_(255)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
-    mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    if not isinstance(mean, torch.Tensor):
+        mean, std = normalisation(mean, std, x.device)
     return ((x - mean) / std).contiguous(memory_format=memory_format(channels_last))
 
 
@@ -81,7 +88,7 @@ class DevicePipeline:
         images, labels = (ds.train_x, ds.train_y) if train else (ds.test_x, ds.test_y)
         self.x, self.y = images.to(device), labels.to(device)
         self.batch_size, self.train, self.size, self.channels_last = batch_size, train, size, channels_last
-        self.mean, self.std = ds.mean, ds.std
+        self.mean, self.std = normalisation(ds.mean, ds.std, self.x.device)
         self.augment = [AUGMENTATIONS.get(a).batched for a in ds.augmentations] if augment else []
         self.generator = torch.Generator(device).manual_seed(seed)
 
@@ -91,7 +98,8 @@ class DevicePipeline:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
-        order = (torch.randperm(n, device=self.x.device, generator=self.generator) if self.train
+        # A shuffle drawn on the device (sorting random keys) never waits for the host.
+        order = (torch.rand(n, device=self.x.device, generator=self.generator).argsort() if self.train
                  else torch.arange(n, device=self.x.device))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]

@@ -389,7 +389,9 @@ def timeline_from_trace(data: dict) -> Timeline:
                                   tuple(args.get("Input type") or ())))
         elif cat in _GPU_KINDS:
             tl.gpu.append(GpuSpan(ev["name"], start, end, _GPU_KINDS[cat], key))
-    if tl.gpu or props or runtime_seen:
+    # A CPU run on a GPU machine still lists the machine's GPUs in deviceProperties: only
+    # kernels, copies or CUDA runtime calls in the trace make it a GPU run.
+    if tl.gpu or runtime_seen:
         tl.device = "cuda"
     if data.get("profile_memory") == 0:
         tl.memory_recorded = False

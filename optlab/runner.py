@@ -21,7 +21,8 @@ from optlab.config import ConfigError, RunConfig
 from optlab.data import DataError, load_dataset
 from optlab.measure import peak_memory, percentile, reset_peak_memory
 from optlab.models import MODELS, build_model, count_parameters
-from optlab.pipeline import make_pipeline, memory_format, to_model_input
+from optlab.pipeline import make_pipeline, memory_format, normalisation, to_model_input
+from optlab.stats import throughput_figures
 from optlab.store import Store
 from optlab.train import RunCancelled, evaluate, setup_optimizer, setup_precision, train
 
@@ -110,19 +111,24 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
     trained = torch.compile(model) if cfg.compile else model
 
     window = None
-    if cfg.profile and total_steps > warmup_steps + 6:
+    first = profile_window_start(warmup_steps, len(train_batches), cfg.epochs) if cfg.profile else None
+    if first is not None:
         from optlab.profiling import ProfileWindow
-        window = ProfileWindow(store.artifacts_dir(run_id) / "tb" / f"run{run_id}", device,
-                               first_step=warmup_steps)
+        window = ProfileWindow(store.artifacts_dir(run_id) / "tb" / f"run{run_id}", device, first_step=first)
     elif cfg.profile:
-        store.add_event(run_id, f"no profile: {total_steps} steps are too few for warm-up plus a window")
+        store.add_event(run_id, f"no profile: {len(train_batches)} steps an epoch are too few for warm-up "
+                                f"plus a {PROFILE_WINDOW_STEPS}-step window inside one epoch")
 
     reset_peak_memory(device)
     result = train(trained, train_batches, test_batches, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
                    optimizer=optimizer, scheduler=scheduler, precision=precision, device=device,
-                   warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop)
+                   warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop,
+                   sync_debug=os.environ.get("OPTLAB_SYNC_DEBUG") or None)
     memory = peak_memory(device)
     store.add_metrics(run_id, "epoch", [vars(e) for e in result.epochs], [e.epoch for e in result.epochs])
+    s = result.steady
+    store.add_metric(run_id, "step_times", {"step_ms": s.step_ms, "images": s.step_images,
+                                            "input_wait_ms": s.input_wait_ms})
 
     params, nonzero = count_parameters(model)
     weights = store.artifacts_dir(run_id) / "model.pt"
@@ -138,6 +144,20 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
         progress({"phase": "compress"})
         summary["variants"] = run_steps(store, run_id, model, ds, cfg, device, summary)
     return summary
+
+
+PROFILE_WINDOW_STEPS = 6   # ProfileWindow's 2 warm-up + 3 active steps, and the step that writes the trace
+
+
+def profile_window_start(warmup_steps: int, steps_per_epoch: int, epochs: int,
+                         length: int = PROFILE_WINDOW_STEPS) -> int | None:
+    """The first step of a profiled window that starts after warm-up and stays inside one epoch
+    (a window across an epoch's end would record the evaluation pass); None when none fits."""
+    for epoch in range(epochs):
+        first = max(warmup_steps, epoch * steps_per_epoch)
+        if first + length <= (epoch + 1) * steps_per_epoch:
+            return first
+    return None
 
 
 def _attach_profile(store, run_id, window, summary, device, model, ds, cfg, precision) -> None:
@@ -159,6 +179,7 @@ def _attach_profile(store, run_id, window, summary, device, model, ds, cfg, prec
 def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, search, ds) -> dict:
     s = result.steady
     steady_ms = sum(s.step_ms)
+    throughput = throughput_figures(s.step_ms, s.step_images)
     accuracies = [e.test_accuracy for e in result.epochs]
     reached = next((e.cumulative_train_seconds for e in result.epochs if e.test_accuracy >= cfg.target_accuracy), None)
     applies = ds.accuracy_applies
@@ -178,7 +199,9 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
         "warmup_seconds": result.warmup_seconds,
         "profiled_steps_excluded": result.excluded_profiled_steps,
         "steady_steps": len(s.step_ms),
-        "train_images_per_s": s.images / (steady_ms / 1000) if steady_ms else None,
+        "train_images_per_s": throughput["value"],     # median of the steady steps' throughput
+        "throughput": throughput,                      # its spread, interval and quality
+        "train_images_per_s_mean": throughput["mean_rate"],
         "step_ms_p50": percentile(s.step_ms, 50),
         "step_ms_p90": percentile(s.step_ms, 90),
         "input_wait_share": sum(s.input_wait_ms) / steady_ms if steady_ms else None,
@@ -208,9 +231,11 @@ def find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size) -
     cap = cfg.max_batch_size if device.type == "cuda" else min(cfg.max_batch_size, 1024)
     g = torch.Generator().manual_seed(cfg.seed)
 
+    mean, std = normalisation(ds.mean, ds.std, device)
+
     def batch(n):
         idx = torch.randint(0, len(ds.train_y), (n,), generator=g)
-        x = to_model_input(ds.train_x[idx].to(device), ds.mean, ds.std, size, cfg.channels_last)
+        x = to_model_input(ds.train_x[idx].to(device), mean, std, size, cfg.channels_last)
         return x, ds.train_y[idx].to(device)
 
     def one_step(n, with_eval=False) -> float | None:

@@ -21,8 +21,43 @@ NVML_FIELDS: dict[str, Callable] = {
     "power_w": lambda nv, h: nv.nvmlDeviceGetPowerUsage(h) / 1000,
     "temperature_c": lambda nv, h: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
     "sm_clock_mhz": lambda nv, h: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+    "mem_clock_mhz": lambda nv, h: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
     "energy_mj": lambda nv, h: nv.nvmlDeviceGetTotalEnergyConsumption(h),
+    # why the clocks are where they are (a bit mask; see CLOCK_EVENT_REASONS)
+    "clock_event_reasons": lambda nv, h: getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons",
+                                                 getattr(nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None))(h),
 }
+
+# NVML's clock event ("throttle") reason bits. Idle and application-clock settings are normal;
+# the others mean the GPU was held below its clocks while a run was measured.
+CLOCK_EVENT_REASONS = {0x1: "idle", 0x2: "application clocks setting", 0x4: "software power cap",
+                       0x8: "hardware slowdown", 0x10: "sync boost", 0x20: "software thermal slowdown",
+                       0x40: "hardware thermal slowdown", 0x80: "hardware power brake", 0x100: "display clock setting"}
+BENIGN_REASONS = 0x1 | 0x2 | 0x10 | 0x100
+
+
+def clock_reasons(mask: int) -> list[str]:
+    """The names of the bits set in an NVML clock-event-reason mask."""
+    return [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+
+
+def clock_stability(rows: list[dict], phase: str = "train") -> dict | None:
+    """What the GPU's clocks did during `phase`: SM clock range, and every slowdown reason seen.
+    `disturbed` is True when a non-benign reason (power cap, thermal, power brake) appeared or the
+    SM clock moved by more than 10 %: a measurement worth repeating."""
+    rows = [r for r in rows if r.get("phase") == phase]
+    clocks = [r["sm_clock_mhz"] for r in rows if isinstance(r.get("sm_clock_mhz"), (int, float))]
+    masks = [r["clock_event_reasons"] for r in rows if isinstance(r.get("clock_event_reasons"), int)]
+    if not clocks and not masks:
+        return None
+    seen = 0
+    for m in masks:
+        seen |= m
+    slowdowns = clock_reasons(seen & ~BENIGN_REASONS)
+    moved = bool(clocks) and (max(clocks) - min(clocks)) > 0.1 * max(clocks)
+    return {"sm_clock_mhz_min": min(clocks) if clocks else None, "sm_clock_mhz_max": max(clocks) if clocks else None,
+            "samples": len(rows), "slowdown_reasons": slowdowns, "clock_moved": moved,
+            "disturbed": bool(slowdowns) or moved}
 
 
 def read_fields(readers: dict[str, Callable[[], float]], unsupported: dict[str, str],
@@ -232,3 +267,19 @@ def training_energy(rows: list[dict], train_seconds: float | None, images: int |
     return {"energy_j": energy, "avg_train_power_w": power,
             "joules_per_image": energy / images if images else None,
             "energy_source": "NVML total-energy counter over the training phase"}
+
+
+def telemetry_figures(rows: list[dict], summary: dict, source: str) -> dict:
+    """What the samples add to a finished run's summary: energy per image, the clocks during
+    training, and the mean GPU utilisation and power while it trained."""
+    images = (summary.get("train_images") or 0) * (summary.get("epochs") or 0)
+    out = {"telemetry_source": source, **(training_energy(rows, summary.get("train_seconds"), images) or {})}
+    clocks = clock_stability(rows)
+    if clocks:
+        out["gpu_clocks"] = clocks
+    train = [r for r in rows if r.get("phase") == "train"]
+    for name in ("gpu_util_pct", "power_w"):
+        values = [r[name] for r in train if isinstance(r.get(name), (int, float))]
+        if values:
+            out[f"train_{name}_mean"] = sum(values) / len(values)
+    return out

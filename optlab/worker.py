@@ -223,10 +223,9 @@ class Worker:
             self.store.add_event(self.run_id, f"{status}: {why}", level="error" if status == "failed" else "warning")
 
     def _add_energy(self, summary: dict) -> None:
-        from optlab.telemetry import training_energy
-        images = (summary.get("train_images") or 0) * (summary.get("epochs") or 0)
-        energy = training_energy(list(self.sampler.rows), summary.get("train_seconds"), images)
-        self.store.update(self.run_id, summary={**summary, "telemetry_source": self.sampler.source, **(energy or {})})
+        from optlab.telemetry import telemetry_figures
+        figures = telemetry_figures(list(self.sampler.rows), summary, self.sampler.source)
+        self.store.update(self.run_id, summary={**summary, **figures})
 
 
 def _device_for(requested: str):

@@ -57,11 +57,12 @@ def test_trained_weights_are_kept(finished):
 
 
 def test_gpu_pipeline_bf16_and_channels_last_run_on_the_cpu(store):
-    rid = store.submit(tiny_config(pipeline="gpu", precision="bf16", channels_last=True))
+    rid = store.submit(tiny_config(pipeline="gpu", precision="bf16", channels_last=True, limit_train=1024,
+                                   epochs=2))
     execute(store, rid)
     run = store.get(rid)
     assert run.status == "done", run.error
-    assert run.summary["test_accuracy"] > 0.1
+    assert run.summary["test_accuracy"] > 0.3          # chance is 0.1
 
 
 def test_automatic_batch_size_is_searched_confirmed_and_recorded(store):
