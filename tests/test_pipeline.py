@@ -60,3 +60,13 @@ def test_gpu_pipeline_augments_training_batches_only(data):
     train = make_pipeline(data, cfg, CPU, 64, train=True)
     test = make_pipeline(data, cfg, CPU, 64, train=False)
     assert train.augment and not test.augment
+
+
+def test_the_gpu_pipeline_makes_its_normalisation_tensors_once(data, monkeypatch):
+    """A tensor built from Python numbers per batch is a blocking host-to-device copy on a GPU."""
+    import optlab.pipeline as pipeline_module
+    batches = make_pipeline(data, tiny_config(pipeline="gpu"), CPU, 32, train=True)
+    made = []
+    monkeypatch.setattr(pipeline_module, "normalisation", lambda *a: made.append(a))
+    assert len(list(batches)) == len(batches) > 1
+    assert made == []

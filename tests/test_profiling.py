@@ -258,3 +258,28 @@ def test_category_rules(name, context, category):
 ])
 def test_tensor_core_heuristic(name, dtypes, expected):
     assert is_tensor_core_kernel(name, dtypes) is expected
+
+
+def test_a_cpu_trace_from_a_gpu_machine_is_summarised_as_a_cpu_run(tmp_path):
+    """deviceProperties lists the machine's GPUs even for a --device cpu run: without kernels or
+    CUDA runtime calls in the trace, it is a CPU run."""
+    path = tmp_path / "t.pt.trace.json"
+    doc = json.loads(gzip.open(_gpu_trace(tmp_path / "g.json.gz"), "rt").read())
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if e.get("cat") not in ("kernel", "gpu_memcpy", "cuda_runtime")]
+    path.write_text(json.dumps(doc))
+    s = summarize_trace_file(path)
+    assert s["device"] == "cpu" and "CPU" in s["reason"]
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs, expected", [
+    (100, 2, 5),      # room after warm-up in the first epoch
+    (8, 3, 8),        # 5 warm-up + 6 would cross into epoch 2: start at epoch 2's first step
+    (10, 2, 10),
+    (5, 3, None),     # no epoch holds 6 steps: no window rather than one that records evaluation
+])
+def test_the_profiled_window_stays_inside_one_epoch(steps_per_epoch, epochs, expected):
+    from optlab.runner import PROFILE_WINDOW_STEPS, profile_window_start
+    first = profile_window_start(5, steps_per_epoch, epochs)
+    assert first == expected
+    if first is not None:
+        assert first // steps_per_epoch == (first + PROFILE_WINDOW_STEPS - 1) // steps_per_epoch

@@ -73,3 +73,14 @@ def test_training_energy_counts_only_the_training_phase():
     assert e["avg_train_power_w"] == pytest.approx(200)
     assert e["energy_j"] == pytest.approx(1400) and e["joules_per_image"] == pytest.approx(2.0)
     assert training_energy([{"t": 0, "phase": "train", "cpu_pct": 50}], 7.0, 700) is None
+
+
+def test_clock_slowdowns_during_training_are_named_and_idle_is_not():
+    from optlab.telemetry import clock_stability
+    steady = [{"phase": "train", "sm_clock_mhz": 1980, "clock_event_reasons": 0x1} for _ in range(5)]
+    assert clock_stability(steady)["disturbed"] is False
+    capped = steady + [{"phase": "train", "sm_clock_mhz": 1500, "clock_event_reasons": 0x4 | 0x20}]
+    c = clock_stability(capped)
+    assert c["disturbed"] and c["clock_moved"]
+    assert c["slowdown_reasons"] == ["software power cap", "software thermal slowdown"]
+    assert clock_stability([{"phase": "evaluate", "sm_clock_mhz": 900}]) is None

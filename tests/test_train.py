@@ -103,3 +103,14 @@ def test_a_bad_data_set_fails_the_run_with_the_reason(store, monkeypatch, tmp_pa
     execute(store, rid)
     run = store.get(rid)
     assert run.status == "failed" and "mnist was not found" in run.error
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_tf32_is_set_for_every_backend_and_stays_readable(precision):
+    """Inductor's convolution templates read torch.backends.cudnn.allow_tf32, which raises when
+    only the new per-operator flag for convolutions was set."""
+    setup_precision(precision, torch.device("cuda"))   # sets the flags; needs no GPU
+    tf32 = precision == "tf32"
+    assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cudnn.rnn.fp32_precision
+    assert (torch.backends.cuda.matmul.fp32_precision == "tf32") is tf32
