@@ -159,16 +159,17 @@ def verdict(ratio: float, lo: float | None, hi: float | None, *, higher_is_bette
     return "within noise"
 
 
-def compare(new: dict, old: dict, *, higher_is_better: bool = True) -> dict:
+def compare(new: dict, old: dict, *, higher_is_better: bool = True, against: str | None = None) -> dict:
     """Compare two figures given as {"value", "ci95"} (throughput_figures or summarize_repeats
-    output). Returns the ratio new/old, its interval, the verdict and a sentence saying it."""
+    output). Returns the ratio new/old, its interval, the verdict and a sentence saying it;
+    `against` names the old side in that sentence ("not distinguishable from run #4 ...")."""
     if not new.get("value") or not old.get("value"):
         return {"ratio": None, "ci95": None, "verdict": "no figure", "text": "one of the two has no figure"}
     ratio, lo, hi = ratio_interval(new["value"], new.get("ci95"), old["value"], old.get("ci95"))
     call = verdict(ratio, lo, hi, higher_is_better=higher_is_better)
-    interval = f" (95 % interval {lo:.2f}x to {hi:.2f}x)" if lo is not None else " (no interval: a side has too few steps)"
+    interval = f" (95 % interval {lo:.2f}x to {hi:.2f}x)" if lo is not None else " (no interval: one side has no spread recorded)"
     if call == "within noise":
-        text = f"{ratio:.2f}x{interval}: not distinguishable at this spread"
+        text = f"{ratio:.2f}x{interval}: not distinguishable{f' from {against}' if against else ''} at this spread"
     elif call == "no interval":
         text = f"{ratio:.2f}x{interval}: cannot tell whether this is a difference"
     else:
