@@ -279,22 +279,25 @@ def describe_change(change: dict) -> str:
 
 
 def try_advice(store, run, advice: Advice | dict, user: str = "") -> int:
-    """Queue the parent's config with the advice's one change as a child run and return its id.
+    """Queue the parent's config with the advice's one change as a child run and return its id
+    (the first of its repeat group when the config repeats).
 
-    The child records the prediction (metric kind "advice") so `advice_outcome` can compare.
+    Each child records the prediction (metric kind "advice") so `advice_outcome` can compare.
     """
     advice = advice if isinstance(advice, Advice) else Advice(**advice)
     if not advice.change:
         raise ConfigError(f"advice {advice.rule!r} has no setting to try on this machine; "
                           "only advice with a change can be tried")
-    config = run.run_config.replace(**advice.change).validate()
+    from optlab import repeats
+    config = run.run_config.replace(**advice.change).validate()   # keeps the parent's repeats
     label = f"#{run.id} + {describe_change(advice.change)}"
-    child = store.submit(config, user=user, parent_id=run.id, label=label)
+    children = repeats.submit(store, config, user=user, parent_id=run.id, label=label)
     parent = run.summary or {}
-    store.add_metric(child, "advice", {**advice.to_dict(), "parent_id": run.id,
-                                       "parent_value": parent.get(advice.metric) if advice.metric else None,
-                                       "parent_device_label": parent.get("device_label")})
-    return child
+    for child in children:
+        store.add_metric(child, "advice", {**advice.to_dict(), "parent_id": run.id,
+                                           "parent_value": parent.get(advice.metric) if advice.metric else None,
+                                           "parent_device_label": parent.get("device_label")})
+    return children[0]
 
 
 def advice_outcome(store, run_id: int) -> dict | None:

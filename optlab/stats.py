@@ -110,7 +110,9 @@ def summarize_repeats(values: list[float | None]) -> dict:
     """Central value and spread of one figure over repeats of the same config.
 
     `value` is the mean (MLPerf's trimmed mean from five repeats on, as `mlperf_mean` too),
-    `ci95` Student's t interval of the mean, `cv` the coefficient of variation."""
+    `ci95` Student's t interval of the mean, `cv` the coefficient of variation. Figures that cannot
+    be negative (all values >= 0: times, rates, memory) keep the interval's low end at 0; with two
+    noisy repeats t's wide interval would otherwise promise negative images per second."""
     xs = [v for v in values if v is not None]
     out = {"n": len(xs), "values": list(values), "value": None, "mean": None, "median": None, "min": None,
            "max": None, "ci95": None, "cv": None, "mlperf_mean": None}
@@ -121,7 +123,8 @@ def summarize_repeats(values: list[float | None]) -> dict:
                cv=coefficient_of_variation(xs), mlperf_mean=mlperf_mean(xs))
     if len(xs) >= 2:
         half = t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-        out["ci95"] = (mean - half, mean + half)
+        low = max(0.0, mean - half) if min(xs) >= 0 else mean - half
+        out["ci95"] = (low, mean + half)
     out["value"] = out["mlperf_mean"] if out["mlperf_mean"] is not None else mean
     return out
 
