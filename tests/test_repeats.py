@@ -155,6 +155,7 @@ def test_try_it_queues_as_many_repeats_as_the_parent_had(store):
     store.finish(parent_id, "done", summary={"train_images_per_s": 100.0, "device": "cpu"})
     advice = Advice("input_bound", "Feed the model faster", "why", {}, {"pipeline": "gpu"}, "up to x1.5", 1.5,
                     "train_images_per_s", "computed from this run")
+    assert advice.expected_range == (1.0, 1.5)
     first = try_advice(store, store.get(parent_id), advice)
     children = repeats.members(store, store.get(first))
     assert len(children) == 2 and {c.config["pipeline"] for c in children} == {"gpu"}
