@@ -3,6 +3,7 @@ try did what was predicted. Works offline: the figures come from the run's own p
 (or its trace file), not from TensorBoard's page."""
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -98,8 +99,8 @@ def outcome_text(o: dict) -> str:
     predicted = f"x{rng[0]:.2f} to x{rng[1]:.2f}" if rng else o["predicted"]
     measured = f"x{o['measured_factor']:.2f}" if o["measured_factor"] is not None else "n/a"
     ci = o["measured_ci95"]
-    interval = (f" (95 % interval x{ci[0]:.2f} to x{ci[1]:.2f}, {o['measured_basis']})" if ci
-                else " (no interval)")
+    interval = (" (no interval)" if not ci else f" (95 % interval unbounded, {o['measured_basis']})"
+                if math.isinf(ci[1]) else f" (95 % interval x{ci[0]:.2f} to x{ci[1]:.2f}, {o['measured_basis']})")
     where = {"inside": "inside the predicted range", "above": "**above** the predicted range",
              "below": "**below** the predicted range"}.get(o["position"], o["position"])
     device = "" if o["same_device"] else "; NOT the parent's device"

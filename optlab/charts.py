@@ -46,13 +46,16 @@ def device_note(labels) -> str:
     return "Mixed devices, compare with care: " + "; ".join(distinct)
 
 
-def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100):
-    """Title, device subtitle and the shared look; `top` leaves room for panel titles or axis labels."""
+def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100, legend_on_top: bool = False):
+    """Title, device subtitle and the shared look; `top` leaves room for panel titles or axis labels.
+    `legend_on_top` puts the legend above the plot, clear of long rotated run labels."""
+    legend = (dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0) if legend_on_top
+              else dict(orientation="h", y=-0.2))
     fig.update_layout(
         title=dict(text=title, subtitle=dict(text=device_note(devices), font=dict(size=13, color="#555")),
                    y=0.98, yanchor="top"),
         template="plotly_white", font=dict(size=FONT_SIZE), height=height,
-        margin=dict(t=top, l=70, r=30, b=60), legend=dict(orientation="h", y=-0.2),
+        margin=dict(t=top + (30 if legend_on_top else 0), l=70, r=30, b=60), legend=legend,
         colorway=list(PALETTE),
     )
     return fig
@@ -77,6 +80,14 @@ def _error(rows: list[dict], key: str, scale: float = 1.0) -> dict:
         minus.append(scale * (r[key] - ci[0]) if ok else None)
     return dict(type="data", symmetric=False, array=plus, arrayminus=minus, visible=any(p is not None for p in plus),
                 color="#333", thickness=2, width=8)
+
+
+def _bar_labels(fig, xs: list, texts: list[str]) -> None:
+    """Each bar's value written at its foot on a white box, so an error bar crossing the bar never
+    covers the number (the bars keep the same text in their data, undrawn, for hover and reports)."""
+    for x, text in zip(xs, texts):
+        fig.add_annotation(x=x, y=0, yanchor="bottom", text=text, showarrow=False, font=dict(color="#222"),
+                           bgcolor="rgba(255,255,255,0.85)", borderpad=2)
 
 
 def _interval_text(ci, fmt: str = "{:,.0f}") -> str:
@@ -162,29 +173,44 @@ def speedup_ratios(rows: list[dict], baseline: dict) -> list[dict]:
 
 def speedup_bars(rows: list[dict], baseline: dict):
     """Training throughput of each run divided by the baseline's (1.0 = as fast as the baseline),
-    with the ratio's 95 % interval as an error bar and the bar coloured by the noise verdict."""
+    with the ratio's 95 % interval as an error bar and the bar coloured by the noise verdict.
+
+    The y axis stops a little above the bars and their bounded intervals: an interval that is
+    unbounded, or several times taller than every bar, runs off the top instead of flattening
+    the bars (its hover text gives the real bounds)."""
     import plotly.graph_objects as go
 
     bars = speedup_ratios(rows, baseline)
     usable = [b["row"] for b in bars]
+    tallest = max([b["ratio"] for b in bars] + [1.0])
+    top = 1.2 * max([tallest] + [b["hi"] for b in bars if b["hi"] is not None and b["hi"] <= 3 * tallest])
     fig = go.Figure(go.Bar(
         x=[r.get("label", "") for r in usable], y=[b["ratio"] for b in bars],
-        text=[f"{b['ratio']:.2f}×" for b in bars], textposition="inside", insidetextanchor="start",
-        textfont=dict(color="white"), name="speed-up",
-        error_y=_error([{"v": b["ratio"], "v_ci95": (b["lo"], b["hi"]) if b["lo"] is not None else None}
+        text=[f"{b['ratio']:.2f}×" for b in bars], textposition="none", name="speed-up", showlegend=False,
+        error_y=_error([{"v": b["ratio"], "v_ci95": (b["lo"], min(b["hi"], 10 * top)) if b["lo"] is not None else None}
                         for b in bars], "v"),
         marker=dict(color=[VERDICT_COLOURS[b["verdict"]] for b in bars],
                     pattern=dict(shape=["/" if r.get("thin") else "" for r in usable], fgcolor="#333", solidity=0.3)),
-        customdata=[[r["train_images_per_s"], VERDICT_WORDS[b["verdict"]],
-                     _interval_text((b["lo"], b["hi"]) if b["lo"] is not None else None, "{:.2f}×")]
+        customdata=[[r["train_images_per_s"], VERDICT_WORDS[b["verdict"]], _ratio_interval_text(b)]
                     for r, b in zip(usable, bars)],
         hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline (95 % interval %{customdata[2]})"
                       "<br>%{customdata[1]}<br>%{customdata[0]:,.0f} images/s<extra></extra>"))
+    for call in [v for v in VERDICT_COLOURS if v in {b["verdict"] for b in bars}]:   # the colour key
+        fig.add_trace(go.Bar(x=[None], y=[None], name=VERDICT_WORDS[call], marker_color=VERDICT_COLOURS[call]))
+    _bar_labels(fig, [r.get("label", "") for r in usable], [f"{b['ratio']:.2f}×" for b in bars])
     fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
-    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", rangemode="tozero")
-    fig.update_xaxes(title_text="Run · green faster, orange slower (beyond noise), grey within noise")
+    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
+    fig.update_xaxes(title_text="Run · error bar: 95 % interval of the ratio")
     return _finish(fig, f"Training speed-up against {baseline.get('label', 'the baseline')}",
-                   [r.get("device_label") for r in usable + [baseline]])
+                   [r.get("device_label") for r in usable + [baseline]], legend_on_top=True)
+
+
+def _ratio_interval_text(bar: dict) -> str:
+    if bar["lo"] is None:
+        return "none"
+    if math.isinf(bar["hi"]):
+        return "unbounded"
+    return f"{bar['lo']:.2f}× to {bar['hi']:.2f}×"
 
 
 def throughput_bars(rows: list[dict]):
@@ -208,8 +234,8 @@ def throughput_bars(rows: list[dict]):
                                  marker=dict(color="#222", size=9, symbol="circle-open", line=dict(width=2)),
                                  hovertemplate="<b>%{x}</b><br>one repeat: %{y:,.0f} images/s<extra></extra>"))
     fig.update_yaxes(title_text="Training throughput (images/s, steady state)", rangemode="tozero")
-    fig.update_xaxes(title_text="Run · error bar: 95 % interval · hatched: thin measurement")
-    return _finish(fig, "Training throughput", [r.get("device_label") for r in usable])
+    fig.update_xaxes(title_text="Run · error bar: 95 % interval · hatched: thin")
+    return _finish(fig, "Training throughput", [r.get("device_label") for r in usable], legend_on_top=True)
 
 
 def memory_bars(rows: list[dict]):
@@ -225,8 +251,11 @@ def memory_bars(rows: list[dict]):
             x=[r.get("label", "") for r in group], y=[r["peak_memory_mb"] for r in group],
             name=MEMORY_KINDS.get(kind, kind or "peak memory"), marker_color=PALETTE[(n + 4) % len(PALETTE)],
             error_y=_error(group, "peak_memory_mb"),
-            text=[f"{r['peak_memory_mb']:,.0f}" for r in group], textposition="inside", insidetextanchor="start",
+            text=[f"{r['peak_memory_mb']:,.0f}" for r in group], textposition="none",
             hovertemplate="<b>%{x}</b><br>%{y:,.0f} MB<extra></extra>"))
+    _bar_labels(fig, [r.get("label", "") for r in usable], [f"{r['peak_memory_mb']:,.0f}" for r in usable])
+    # one kind of figure per run: overlay keeps every bar centred on its run (and on its label)
+    fig.update_layout(barmode="overlay")
     fig.update_yaxes(title_text="Peak memory (MB)", rangemode="tozero")
     fig.update_xaxes(title_text="Run")
     return _finish(fig, "Peak memory during training", [r.get("device_label") for r in usable])

@@ -138,8 +138,11 @@ def _log_se(value: float, ci: tuple[float, float] | list[float] | None) -> float
 
 def ratio_interval(a: float, a_ci, b: float, b_ci) -> tuple[float, float | None, float | None]:
     """a / b with a 95 % interval from both sides' intervals (log-normal approximation).
-    The interval is None when either side has none."""
+    The interval is None when either side has none, and (0, inf) when either side's interval
+    reaches zero: a figure that may be nothing bounds no ratio."""
     ratio = a / b
+    if any(ci and ci[0] is not None and ci[0] <= 0 for ci in (a_ci, b_ci)) and a_ci and b_ci:
+        return ratio, 0.0, math.inf
     se_a, se_b = _log_se(a, a_ci), _log_se(b, b_ci)
     if se_a is None or se_b is None:
         return ratio, None, None
@@ -170,7 +173,9 @@ def compare(new: dict, old: dict, *, higher_is_better: bool = True, against: str
         return {"ratio": None, "ci95": None, "verdict": "no figure", "text": "one of the two has no figure"}
     ratio, lo, hi = ratio_interval(new["value"], new.get("ci95"), old["value"], old.get("ci95"))
     call = verdict(ratio, lo, hi, higher_is_better=higher_is_better)
-    interval = f" (95 % interval {lo:.2f}x to {hi:.2f}x)" if lo is not None else " (no interval: one side has no spread recorded)"
+    interval = (" (no interval: one side has no spread recorded)" if lo is None else
+                " (95 % interval unbounded: a side's interval reaches zero)" if math.isinf(hi) else
+                f" (95 % interval {lo:.2f}x to {hi:.2f}x)")
     if call == "within noise":
         text = f"{ratio:.2f}x{interval}: not distinguishable{f' from {against}' if against else ''} at this spread"
     elif call == "no interval":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, fields
 
@@ -353,7 +354,10 @@ def speed_verdicts(rows: list[dict], baseline: dict) -> list[dict]:
             basis = {repeats.BETWEEN: "between repeats",
                      repeats.WITHIN: "within-run intervals: run-to-run noise left out",
                      repeats.NONE: "no interval"}[v["basis"]]
-            if v["ci95"]:
+            if v["ci95"] and math.isinf(v["ci95"][1]):
+                interval = (f"95 % interval unbounded, {basis}: the repeats differ so much that the interval of "
+                            "a side reaches zero; more repeats narrow it")
+            elif v["ci95"]:
                 interval = f"95 % interval {v['ci95'][0]:.2f}x to {v['ci95'][1]:.2f}x, {basis}"
             else:
                 interval = "no interval: " + (repeats.OLD_RUN if repeats.OLD_RUN in _why_none(row, baseline)

@@ -119,6 +119,17 @@ def test_speedup_bars_carry_the_ratio_interval_and_are_coloured_by_the_verdict()
                                                "no interval: cannot tell"]
 
 
+def test_an_unbounded_speedup_interval_runs_off_the_axis_instead_of_flattening_the_bars():
+    base = timed("#1 base", 100.0, (0.0, 220.0), rid=1)             # two repeats far apart
+    other = timed("#2", 120.0, (110.0, 130.0), rid=2)
+    fig = charts.speedup_bars([base, other], base)
+    bars = fig.data[0]
+    assert bars.customdata[1][2] == "unbounded" and bars.customdata[1][1] == "within noise"
+    top = fig.layout.yaxis.range[1]
+    assert 1.2 <= top < 2 and bars.error_y.array[1] > top            # the axis follows the bars
+    assert [t.name for t in fig.data[1:]] == ["within noise", "the baseline"]   # the colour key
+
+
 def test_throughput_bars_draw_the_interval_each_repeat_and_hatch_thin_runs():
     rows = [timed("#1 (3 repeats)", 100.0, (80.0, 120.0), values=[90.0, 100.0, 110.0]),
             timed("#4", 150.0, (140.0, 160.0), thin=True)]

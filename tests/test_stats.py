@@ -108,3 +108,12 @@ def test_ratios_inside_the_dead_band_are_never_a_difference():
     assert stats.verdict(1.05, 1.04, 1.06) == "better"
     assert stats.verdict(0.95, 0.94, 0.96, higher_is_better=False) == "better"
     assert stats.verdict(1.5, None, None) == "no interval"
+
+
+def test_a_side_whose_interval_reaches_zero_bounds_no_ratio():
+    # two wildly different repeats: the t interval of their mean starts at zero images/s
+    wide = stats.summarize_repeats([5.0, 50.0])
+    assert wide["ci95"][0] == 0.0
+    result = stats.compare({"value": 30.0, "ci95": (29.0, 31.0)}, wide)
+    assert result["ci95"] == (0.0, float("inf")) and result["verdict"] == "within noise"
+    assert "unbounded" in result["text"]
