@@ -19,7 +19,7 @@ by_id = {r.id: r for r in done}
 sweeps = views.sweeps(done)
 wanted = st.query_params.get("sweep")
 if wanted:
-    members = store.list(sweep_id=wanted)
+    members = store.list(sweep_id=wanted) or store.list(repeat_group=wanted)
     finished = sum(r.status == "done" for r in members)
     if finished < len(members):
         st.info(f"Sweep `{wanted}`: {finished} of {len(members)} runs finished so far; "
@@ -64,8 +64,9 @@ else:
     if not selected:
         st.info("Choose at least one run.")
     else:
-        rows = views.figure_rows(selected)
+        rows = views.figure_rows(selected)     # one row per run, or per repeat group
         label_of = {r["id"]: r["label"] for r in rows}
+        run_labels = views.short_labels(selected)
         on = views.devices(selected)
         if len(on) > 1:
             st.warning("**These runs were measured on different devices** (" + "; ".join(on) + "). "
@@ -73,20 +74,39 @@ else:
         elif on and not on[0].startswith("GPU"):
             st.info(f"All figures below are **CPU figures** ({on[0]}), not GPU figures.", icon=":material/computer:")
 
-        baseline_id = st.selectbox("Baseline for speed-up", [r.id for r in selected], format_func=label_of.get,
-                                   help="Speed-ups are this run's training throughput divided into each run's.")
+        baseline_id = st.selectbox("Baseline for speed-up", [r["id"] for r in rows], format_func=label_of.get,
+                                   help="Speed-ups are this run's (or repeat group's) training throughput divided "
+                                        "into each run's.")
         baseline = next(r for r in rows if r["id"] == baseline_id)
+
+        # -- is it a difference? --------------------------------------------------------------------
+        if len(rows) > 1:
+            st.subheader("Is it a difference?")
+            for v in views.speed_verdicts(rows, baseline):
+                icon = {"better": ":material/trending_up:", "worse": ":material/trending_down:"}.get(
+                    v["verdict"], ":material/drag_handle:")
+                st.markdown(f"{icon} {views.md_escape(v['text'])}")
+        st.caption(views.interval_note(rows))
+        thin = [r for r in rows if r["thin"]]
+        if thin:
+            st.warning("**Thin measurement** (too few steady steps or too little steady time to rely on; drawn "
+                       "hatched): " + views.md_escape("; ".join(f"{r['label']}: {r['thin_why']}" for r in thin)),
+                       icon=":material/warning:")
 
         # -- the charts ---------------------------------------------------------------------------
         st.plotly_chart(charts.pareto_scatter(rows), theme=None, key="pareto")
         left, right = st.columns(2)
-        left.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
-        right.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
+        left.plotly_chart(charts.throughput_bars(rows), theme=None, key="throughput")
+        right.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
         curves = views.epoch_curves(store, [r.id for r in selected])
         targets = {r.config.get("target_accuracy") for r in selected}
-        st.plotly_chart(charts.accuracy_curves(
-            [{"label": label_of[r.id], "device_label": views.device_label(r), "epochs": curves[r.id]}
-             for r in selected], target=targets.pop() if len(targets) == 1 else None), theme=None, key="curves")
+        unit_of = {i: r["label"] for r in rows for i in r["ids"] if r["repeats"] > 1}
+        right.plotly_chart(charts.accuracy_curves(
+            [{"label": run_labels[r.id], "group": unit_of.get(r.id), "device_label": views.device_label(r),
+              "epochs": curves[r.id]} for r in selected],
+            target=targets.pop() if len(targets) == 1 else None), theme=None, key="curves")
         knobs = views.varying_knobs(selected)
         if knobs:
             st.plotly_chart(charts.parallel_knobs(rows, [(f"knob:{k}", k) for k in knobs], OUTCOMES),
@@ -107,7 +127,8 @@ else:
         table = views.table_rows(selected)
         st.dataframe(table, hide_index=True, column_config={
             k: st.column_config.NumberColumn(format=f) for k, f in (
-                ("train images/s", "%.0f"), ("step ms p50", "%.1f"), ("accuracy %", "%.2f"),
+                ("train images/s", "%.0f"), ("images/s 95 % low", "%.0f"), ("images/s 95 % high", "%.0f"),
+                ("step ms p50", "%.1f"), ("accuracy %", "%.2f"),
                 ("peak memory MB", "%.0f"), ("train s", "%.1f"), ("time to target s", "%.1f"),
                 ("size MB", "%.2f"), ("latency ms p50", "%.2f"), ("latency ms p90", "%.2f"),
                 ("inference images/s", "%.0f"))})

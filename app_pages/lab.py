@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from optlab import views
+from optlab import repeats, views
 from optlab.compress import METHODS, available_methods
 from optlab.config import DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS, PRESETS, ConfigError, preset
 from optlab.data import DATASETS
@@ -98,7 +98,7 @@ def widget(name: str):
               "optimizer": [views.DEFAULT_CHOICE, *OPTIMIZERS]}
     segmented = {"precision": PRECISIONS, "pipeline": PIPELINES, "device": DEVICES}
     steps = {"epochs": 1, "max_batch_size": 1, "num_workers": 1, "seed": 1, "warmup_fraction": 0.05,
-             "label_smoothing": 0.05, "target_accuracy": 0.01}
+             "label_smoothing": 0.05, "target_accuracy": 0.01, "repeats": 1}
     common = dict(key=key(name), help=knob.help)
     if name in choice:
         options = choice[name]
@@ -167,10 +167,12 @@ if launch_one or launch_sweep:
             combos = expand(cfg, axes)
             sweep_id, ids = submit_sweep(store, combos, user=user,
                                          device_for=lambda c: views.target_device(c.device, info))
-            state["lab_notice"] = {"ids": ids, "sweep_id": sweep_id}
+            state["lab_notice"] = {"ids": ids, "sweep_id": sweep_id, "repeats": cfg.repeats, "sweep": True}
         else:
             cfg.validate(views.target_device(cfg.device, info))
-            state["lab_notice"] = {"ids": [store.submit(cfg, user=user)], "sweep_id": None}
+            ids = repeats.submit(store, cfg, user=user)
+            group = store.get(ids[0]).repeat_group
+            state["lab_notice"] = {"ids": ids, "sweep_id": group, "repeats": cfg.repeats, "sweep": False}
     except ConfigError as e:
         state.pop("lab_notice", None)
         st.error(f"**Nothing was queued.** {e}", icon=":material/error:")
@@ -181,9 +183,14 @@ notice = state.get("lab_notice")
 if notice:
     ids = notice["ids"]
     if notice["sweep_id"]:
-        st.success(f"Sweep `{notice['sweep_id']}` queued: {len(ids)} runs (#{ids[0]}–#{ids[-1]}).",
-                   icon=":material/check_circle:")
-        st.page_link("app_pages/compare.py", label="Compare this sweep", icon=":material/insights:",
+        if notice["sweep"]:
+            times = notice["repeats"]
+            what = f"Sweep `{notice['sweep_id']}` queued: {len(ids)} runs" + (
+                f" ({len(ids) // times} settings × {times} repeats, interleaved)" if times > 1 else "")
+        else:
+            what = f"Repeats `{notice['sweep_id']}` queued: the same settings {len(ids)} times"
+        st.success(f"{what} (#{ids[0]}–#{ids[-1]}).", icon=":material/check_circle:")
+        st.page_link("app_pages/compare.py", label="Compare these runs", icon=":material/insights:",
                      query_params={"sweep": notice["sweep_id"]})
     else:
         st.success(f"Run #{ids[0]} queued.", icon=":material/check_circle:")

@@ -3,12 +3,13 @@ try did what was predicted. Works offline: the figures come from the run's own p
 (or its trace file), not from TensorBoard's page."""
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
 import streamlit as st
 
-from optlab import advisor, profile_charts, profiling, tensorboard
+from optlab import advisor, profile_charts, profiling, repeats, tensorboard, views
 from optlab.store import Store
 
 store = Store()
@@ -63,27 +64,48 @@ def draw_advice(run, summary: dict) -> None:
     for n, a in enumerate(items):
         with st.container(border=True):
             st.markdown(f"**{a.title}** — {a.why}")
-            st.markdown(f"Expected: **{a.expected}**  \n:small[{a.prediction_source}]")
+            rng = f" (range x{a.expected_range[0]:.2f} to x{a.expected_range[1]:.2f})" if a.expected_range else ""
+            st.markdown(f"Expected: **{a.expected}**{rng}  \n:small[Source: {a.prediction_source}]")
             with st.expander("Evidence"):
                 st.json(a.evidence)
             if a.tryable:
                 if st.button(f"Try it: {advisor.describe_change(a.change)}", key=f"try_{run.id}_{a.rule}_{n}"):
                     child = advisor.try_advice(store, run, a, user=state.get("user", ""))
-                    st.success(f"Queued run #{child} ({advisor.describe_change(a.change)}); "
-                               "its outcome appears below when it is done.", icon=":material/check:")
-    children = [r for r in store.list() if r.parent_id == run.id and store.metrics(r.id, "advice")]
+                    more = (run.config.get("repeats") or 1) - 1
+                    st.success(f"Queued run #{child}" + (f" and {more} more repeats" if more else "")
+                               + f" ({advisor.describe_change(a.change)}); its outcome appears below when it is done.",
+                               icon=":material/check:")
+    # A try with repeats queued several children: one outcome per repeat group.
+    tried = [r for r in store.list(newest_first=False) if r.parent_id == run.id and store.metrics(r.id, "advice")]
+    children = repeats.units(tried)
     if children:
         st.subheader("Tried: predicted vs measured")
-    for child in children:
+    for unit in children:
+        child = next((r for r in unit if r.status == "done"), unit[0])
         outcome = advisor.advice_outcome(store, child.id)
+        ids = ", ".join(f"#{r.id}" for r in unit)
         if outcome is None:
-            st.markdown(f"#{child.id} {child.label or ''}: {child.status}"
-                        + (f" ({child.error})" if child.error else ""))
+            st.text(f"{ids} {child.label or ''}: {', '.join(sorted({r.status for r in unit}))}"
+                    + (f" ({child.error})" if child.error else ""))
             continue
-        measured = (f"x{outcome['measured_factor']:.2f}" if outcome["measured_factor"] is not None else "n/a")
-        st.markdown(f"#{child.id} **{outcome['title']}**: predicted {outcome['predicted']} — measured "
-                    f"**{measured}** {outcome['metric'] or ''} ({outcome['device_label']}"
-                    + ("" if outcome["same_device"] else "; NOT the parent's device") + ")")
+        st.markdown(views.md_escape(f"{ids} {outcome['title']}: ") + outcome_text(outcome))
+        if outcome["why"]:
+            st.caption(outcome["why"])
+
+
+def outcome_text(o: dict) -> str:
+    """'predicted x1.0 to x1.67 — measured **x2.10** (95 % interval ..., within run): above the range'."""
+    rng = o["predicted_range"]
+    predicted = f"x{rng[0]:.2f} to x{rng[1]:.2f}" if rng else o["predicted"]
+    measured = f"x{o['measured_factor']:.2f}" if o["measured_factor"] is not None else "n/a"
+    ci = o["measured_ci95"]
+    interval = (" (no interval)" if not ci else f" (95 % interval unbounded, {o['measured_basis']})"
+                if math.isinf(ci[1]) else f" (95 % interval x{ci[0]:.2f} to x{ci[1]:.2f}, {o['measured_basis']})")
+    where = {"inside": "inside the predicted range", "above": "**above** the predicted range",
+             "below": "**below** the predicted range"}.get(o["position"], o["position"])
+    device = "" if o["same_device"] else "; NOT the parent's device"
+    return views.md_escape(f"predicted {predicted} {o['metric'] or ''} — measured ") + f"**{views.md_escape(measured)}**" \
+        + views.md_escape(f"{interval} on {o['device_label']}{device}") + f": {where}."
 
 
 def draw_traces(run) -> None:

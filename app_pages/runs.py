@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from optlab import charts, views
+from optlab import charts, repeats, views
 from optlab.cli import summary_rows
 from optlab.store import Store
 
@@ -39,6 +39,31 @@ def queue_panel():
         st.progress(fraction, text=f"**#{run.id}** {views.run_name(run)}{who} — {text}")
 
 
+def group_panel(run) -> None:
+    """The repeat group this run belongs to: each figure's central value and spread."""
+    group = repeats.members(store, run)
+    unit = repeats.unit_figures(group)
+    st.markdown(f"**Repeat {run.repeat_index} of {unit['planned']}** · {unit['done']} done so far")
+    rows = []
+    for key, f in unit["figures"].items():
+        if f["value"] is None:
+            continue
+        spec = repeats.FIGURES[key]
+        scale = 100 if spec.unit == "fraction" else 1
+        rows.append({"figure": spec.label + (" (%)" if scale == 100 else f" ({spec.unit})"),
+                     "central": scale * f["value"],
+                     "95 % low": scale * f["ci95"][0] if f["ci95"] else None,
+                     "95 % high": scale * f["ci95"][1] if f["ci95"] else None,
+                     "cv %": 100 * f["cv"] if f["cv"] is not None else None, "n": f["n"],
+                     "each repeat": ", ".join("–" if v is None else f"{scale * v:,.4g}" for v in f["values"])})
+    st.dataframe(rows, hide_index=True, key=f"group_{run.id}", column_config={
+        k: st.column_config.NumberColumn(format="%.4g") for k in ("central", "95 % low", "95 % high")}
+        | {"cv %": st.column_config.NumberColumn(format="%.1f")})
+    if len(group) > 1:
+        st.page_link("app_pages/compare.py", label="Compare the repeats", icon=":material/insights:",
+                     query_params={"sweep": run.sweep_id or run.repeat_group})
+
+
 if runs:
     queue_panel()
 
@@ -48,7 +73,10 @@ if runs:
         views.run_rows(runs), hide_index=True, height=min(420, 38 + 35 * len(runs)),
         column_config={
             "id": st.column_config.NumberColumn("run", format="#%d", width="small"),
-            "images/s": st.column_config.NumberColumn(format="%.0f", help="steady-state training throughput"),
+            "images/s": st.column_config.NumberColumn(format="%.0f", help="steady-state training throughput: "
+                                                                           "median per-step images/s"),
+            "throughput": st.column_config.TextColumn(help="solid, or thin: too few steady steps or too little "
+                                                           "steady time to rely on the figure"),
             "accuracy %": st.column_config.NumberColumn(format="%.2f", help="top-1 on the test split"),
             "peak MB": st.column_config.NumberColumn(format="%.0f", help="peak memory (GPU allocator or host RSS)"),
             "wall s": st.column_config.NumberColumn(format="%.1f", help="from start to finish, all phases"),
@@ -106,6 +134,14 @@ if runs:
         if current.status == "done":
             for column, (name, value, meaning) in zip(st.columns(4), views.headline(current)):
                 column.metric(name, value, help=meaning, border=True)
+            st.caption("Training speed: " + views.throughput_detail(current.summary))
+            quality = views.quality_text(current.summary)
+            if quality.startswith("thin"):
+                st.warning(f"**Thin measurement**: {views.md_escape(quality[len('thin: '):])}. Treat the training "
+                           "speed as a rough figure; more training images or epochs give more steady steps.",
+                           icon=":material/warning:")
+            if current.repeat_group:
+                group_panel(current)
             per_epoch = [{"step": e["epoch"], "loss": e["train_loss"], "images_per_s": e.get("images_per_s")}
                          for e in store.metrics(run_id, "epoch")]
             if len(per_epoch) > 1:
@@ -134,3 +170,4 @@ if runs:
                     st.text(f"{views.when(e['t'])} {e['level']}: {e['message']}")
 
     run_panel(run.id)
+

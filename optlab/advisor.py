@@ -6,8 +6,15 @@ triggered it, one RunConfig change to try, and the effect to expect with where t
 comes from — a reference run (clearly labelled, never a measurement of this run) or a bound
 computed from this run's own figures. A rule whose evidence is absent says nothing.
 
-`try_advice` submits the parent's config with that one change as a child run; `advice_outcome`
-puts the prediction next to what the child measured.
+Every prediction is a range (`expected_range`, child / parent of the figure) with its source: a
+bound computed from this run ("up to x1.6 if the input wait disappears": 1.0 to the bound) or a
+reference figure, which is the top of the range because the reference is a large model on an H100
+and smaller work gains less.
+
+`try_advice` submits the parent's config with that one change as a child run (as many repeats as
+the parent's config asks for); `advice_outcome` puts the prediction next to what the child measured,
+with the measured ratio's interval, and says whether it fell inside, above or below the range and
+why that can happen.
 """
 from __future__ import annotations
 
@@ -26,12 +33,14 @@ SMALL_KERNEL_US = 20.0      # median kernel duration
 MEMORY_HEADROOM = 0.50      # peak memory / device memory below this leaves room for a larger batch
 CONV_SHARE = 0.20           # convolution share of device time that makes a run a conv net
 
-# Our H100 reference runs (ResNet-50, 224 px, steady-state training throughput). A reference is a
-# prediction for someone else's run, so every use says so.
+# H100 reference runs (ResNet-50, 224 px, steady-state training throughput) made with a minimal
+# plain-PyTorch training loop, not with OptLab. A reference is a prediction for someone else's run,
+# so every use says so.
 REFERENCE = {"bf16": 2.2, "bf16+channels_last": 4.0}
-REFERENCE_SOURCE = ("reference, not a measurement of this run: OptLab's H100 runs of ResNet-50 at 224 px — "
-                    "bf16 alone 2.2x, bf16 + channels_last 4.0x the fp32 throughput; smaller models and "
-                    "images gain less")
+REFERENCE_SOURCE = ("reference, not a measurement of this run: plain-PyTorch reference runs on an H100 (a minimal "
+                    "training loop, not OptLab runs) of ResNet-50 at 224 px — bf16 alone 2.2x, bf16 + "
+                    "channels_last 4.0x the fp32 throughput; smaller models and images gain less, so the range "
+                    "runs from no gain (x1.0) up to the reference's figure")
 CONV_MODELS = {"speednet", "resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0"}
 
 
@@ -48,6 +57,15 @@ class Advice:
     prediction_source: str           # where the expectation comes from
     reference: bool = False          # True: a reference run's figure, not computed from this run
     device: str = ""                 # the device of the run the evidence came from
+    expected_range: tuple[float, float] | None = None   # (low, high) of child / parent; None: no prediction
+
+    def __post_init__(self):
+        # Every factor the rules give is a bound or a reference's best case, so the range runs
+        # from no change (1.0) to that factor.
+        if self.expected_range is None and self.expected_factor is not None:
+            self.expected_range = (min(1.0, self.expected_factor), max(1.0, self.expected_factor))
+        elif self.expected_range is not None:
+            self.expected_range = tuple(self.expected_range)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +126,7 @@ def _cpu_figures(e: Evidence):
         "Tensor Cores, channels_last feeds them without layout conversions, and the GPU data pipeline "
         "removes per-sample CPU work.",
         {"device": "cpu", "device_label": e.device_label}, {},
-        "on our H100 reference, bf16 x2.2 and bf16 + channels_last x4.0 over fp32", None, None,
+        "on the plain-PyTorch H100 reference runs, bf16 x2.2 and bf16 + channels_last x4.0 over fp32", None, None,
         REFERENCE_SOURCE, reference=True, device="cpu")
 
 
@@ -155,7 +173,7 @@ def _reduced_precision(e: Evidence):
     if heavy:
         evidence["conv_and_matmul_share"] = sum(heavy)
     if precision == "fp32":
-        expected, factor = f"x{REFERENCE['bf16']:.1f} throughput", REFERENCE["bf16"]
+        expected, factor = f"x1.0 to x{REFERENCE['bf16']:.1f} throughput", REFERENCE["bf16"]
         why = (f"The run trained in fp32 on a Tensor Core GPU ({e.device_info.get('name')}), so its convolutions "
                f"and matrix products ran on the slower FP32 units")
     else:
@@ -188,7 +206,7 @@ def _channels_last(e: Evidence):
         "cuDNN converts layouts around each one.",
         {"precision": e.config.get("precision"), "channels_last": False, "convolution_share": conv,
          "model": e.config.get("model")},
-        {"channels_last": True}, f"x{factor:.1f} throughput over {e.config.get('precision')} alone", factor,
+        {"channels_last": True}, f"x1.0 to x{factor:.1f} throughput over {e.config.get('precision')} alone", factor,
         "train_images_per_s", REFERENCE_SOURCE, reference=True, device="cuda")
 
 
@@ -279,30 +297,38 @@ def describe_change(change: dict) -> str:
 
 
 def try_advice(store, run, advice: Advice | dict, user: str = "") -> int:
-    """Queue the parent's config with the advice's one change as a child run and return its id.
+    """Queue the parent's config with the advice's one change as a child run and return its id
+    (the first of its repeat group when the config repeats).
 
-    The child records the prediction (metric kind "advice") so `advice_outcome` can compare.
+    Each child records the prediction (metric kind "advice") so `advice_outcome` can compare.
     """
     advice = advice if isinstance(advice, Advice) else Advice(**advice)
     if not advice.change:
         raise ConfigError(f"advice {advice.rule!r} has no setting to try on this machine; "
                           "only advice with a change can be tried")
-    config = run.run_config.replace(**advice.change).validate()
+    from optlab import repeats
+    config = run.run_config.replace(**advice.change).validate()   # keeps the parent's repeats
     label = f"#{run.id} + {describe_change(advice.change)}"
-    child = store.submit(config, user=user, parent_id=run.id, label=label)
+    children = repeats.submit(store, config, user=user, parent_id=run.id, label=label)
     parent = run.summary or {}
-    store.add_metric(child, "advice", {**advice.to_dict(), "parent_id": run.id,
-                                       "parent_value": parent.get(advice.metric) if advice.metric else None,
-                                       "parent_device_label": parent.get("device_label")})
-    return child
+    for child in children:
+        store.add_metric(child, "advice", {**advice.to_dict(), "parent_id": run.id,
+                                           "parent_value": parent.get(advice.metric) if advice.metric else None,
+                                           "parent_device_label": parent.get("device_label")})
+    return children[0]
 
 
 def advice_outcome(store, run_id: int) -> dict | None:
     """Predicted vs measured for a child run that `try_advice` queued, once it is done.
 
     The measured factor is the child's figure over the parent's (steady-state throughput unless the
-    advice names another figure). None for a run that is not an advice child or not done yet.
+    advice names another figure), each side its repeat group's central value when it has one, with
+    the ratio's 95 % interval from both sides' intervals (between repeats, or within run). `position`
+    says whether the measurement fell inside, above or below the predicted range, and `why` what can
+    put it there. None for a run that is not an advice child or not done yet.
     """
+    from optlab import repeats
+    from optlab.stats import ratio_interval, verdict
     records = store.metrics(run_id, "advice")
     child = store.get(run_id)
     if not records or child is None or child.status != "done":
@@ -310,16 +336,87 @@ def advice_outcome(store, run_id: int) -> dict | None:
     advice = records[-1]
     parent = store.get(advice["parent_id"])
     metric = advice.get("metric")
-    before = (parent.summary or {}).get(metric) if parent and metric else advice.get("parent_value")
-    after = (child.summary or {}).get(metric) if metric else None
-    measured = after / before if before and after is not None else None
+    kids = [r for r in repeats.members(store, child) if r.status == "done"]
+    before_fig = _figure(repeats.members(store, parent), metric) if parent and metric else None
+    after_fig = _figure(kids, metric) if metric else None
+    before = before_fig["value"] if before_fig else advice.get("parent_value")
+    after = after_fig["value"] if after_fig else None
+    measured, lo, hi = (ratio_interval(after, after_fig["ci95"], before, before_fig["ci95"])
+                        if before and after is not None and before_fig else
+                        (after / before if before and after is not None else None, None, None))
+    basis = (repeats.NONE if lo is None else
+             repeats.BETWEEN if {before_fig["basis"], after_fig["basis"]} == {repeats.BETWEEN} else repeats.WITHIN)
+    predicted = advice.get("expected_range")
+    if predicted is None and advice.get("expected_factor") is not None:
+        f = advice["expected_factor"]
+        predicted = (min(1.0, f), max(1.0, f))
+    position = _position(predicted, measured, lo, hi)
     child_label = (child.summary or {}).get("device_label")
     parent_label = (parent.summary or {}).get("device_label") if parent else advice.get("parent_device_label")
     return {
         "rule": advice["rule"], "title": advice["title"], "change": advice["change"], "metric": metric,
-        "parent_id": advice["parent_id"], "child_id": run_id,
+        "parent_id": advice["parent_id"], "child_id": run_id, "child_ids": [r.id for r in kids],
         "predicted": advice["expected"], "predicted_factor": advice.get("expected_factor"),
+        "predicted_range": tuple(predicted) if predicted else None,
         "prediction_source": advice["prediction_source"], "reference": advice.get("reference", False),
         "parent_value": before, "child_value": after, "measured_factor": measured,
+        "measured_ci95": (lo, hi) if lo is not None else None, "measured_basis": basis,
+        "measured_verdict": verdict(measured, lo, hi) if measured is not None else "no figure",
+        "position": position, "why": _why(position, advice.get("reference", False), basis, lo, hi),
         "device_label": child_label, "same_device": child_label == parent_label,
     }
+
+
+def _figure(runs: list, metric: str) -> dict | None:
+    from optlab import repeats
+    done = [r for r in runs if r.status == "done"]
+    if not done:
+        return None
+    if metric in repeats.FIGURES:
+        return repeats.unit_figures(done)["figures"][metric]
+    value = (done[0].summary or {}).get(metric)
+    return {"value": value, "ci95": None, "basis": repeats.NONE}
+
+
+def _position(predicted, measured, lo, hi) -> str:
+    """"inside", "above" or "below" the predicted range; with an interval, "inside" when the
+    interval reaches into the range, so noise alone never puts a measurement outside it."""
+    if measured is None:
+        return "not measured"
+    if not predicted:
+        return "no prediction"
+    low, high = (lo, hi) if lo is not None else (measured, measured)
+    if low > predicted[1]:
+        return "above"
+    if high < predicted[0]:
+        return "below"
+    return "inside"
+
+
+def _why(position: str, reference: bool, basis: str, lo, hi) -> str:
+    from optlab import repeats
+    noise = ("" if basis == repeats.BETWEEN else
+             " These are single runs: the interval is within-run and leaves out run-to-run noise, which on a "
+             "shared machine can move a figure by tens of percent; repeat both runs (Repeats >= 3) to be sure."
+             if basis == repeats.WITHIN else " Neither side has an interval, so noise cannot be ruled out.")
+    flat = (" The measured change itself is within noise of no change." if lo is not None and lo <= 1 <= hi else "")
+    if position == "above":
+        cause = ("The range tops out at a reference figure from plain-PyTorch runs of ResNet-50 on an H100, not at a "
+                 "measurement of this model: a different model, batch or device, or a parent run that was slow for "
+                 "another reason (other work on the machine, clocks), can gain more." if reference else
+                 "The range is a bound computed from the parent's own figures, assuming only the bottleneck the rule "
+                 "saw goes away. Beating it means the change did more (it also removed work the rule did not count, "
+                 "e.g. CPU cores freed for the model's own threads) or the parent was slowed by something else while "
+                 "it ran.")
+    elif position == "below":
+        cause = ("The reference is a large model at 224 px on an H100, where matrix work dominates each step; a "
+                 "smaller model, smaller images or another device spends more of each step on work the change does "
+                 "not speed up." if reference else
+                 "The bound assumed the bottleneck the rule saw was the only one; when something else limits the "
+                 "step as well (compute, the host launching work, another process on the machine), removing it "
+                 "gains less.")
+    elif position == "inside":
+        cause = "The measurement fell inside the predicted range."
+    else:
+        cause = "There was no predicted range to compare with." if position == "no prediction" else ""
+    return (cause + flat + (noise if position in ("above", "below") else "")).strip()

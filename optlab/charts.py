@@ -8,6 +8,11 @@ chart that needs it, never drawn as zero.
 
 Every figure carries its device in the subtitle, and says so when the runs mix devices, because a
 CPU figure must never pass for a GPU figure.
+
+Intervals: a row may carry `<key>_ci95` (a 95 % interval, or None) and `<key>_values` (each
+repeat's value) beside a figure (optlab.views.figure_rows); the builders draw them as error bars
+and dots, and draw nothing where a row has none (a single run's memory, an older run). A row with
+`thin` set was measured on too few steps or too little time: its throughput is drawn hatched.
 """
 from __future__ import annotations
 
@@ -41,13 +46,16 @@ def device_note(labels) -> str:
     return "Mixed devices, compare with care: " + "; ".join(distinct)
 
 
-def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100):
-    """Title, device subtitle and the shared look; `top` leaves room for panel titles or axis labels."""
+def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100, legend_on_top: bool = False):
+    """Title, device subtitle and the shared look; `top` leaves room for panel titles or axis labels.
+    `legend_on_top` puts the legend above the plot, clear of long rotated run labels."""
+    legend = (dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0) if legend_on_top
+              else dict(orientation="h", y=-0.2))
     fig.update_layout(
         title=dict(text=title, subtitle=dict(text=device_note(devices), font=dict(size=13, color="#555")),
                    y=0.98, yanchor="top"),
         template="plotly_white", font=dict(size=FONT_SIZE), height=height,
-        margin=dict(t=top, l=70, r=30, b=60), legend=dict(orientation="h", y=-0.2),
+        margin=dict(t=top + (30 if legend_on_top else 0), l=70, r=30, b=60), legend=legend,
         colorway=list(PALETTE),
     )
     return fig
@@ -59,6 +67,39 @@ def _have(row: dict, *keys) -> bool:
 
 def _pct(value):
     return None if value is None else 100 * value
+
+
+def _error(rows: list[dict], key: str, scale: float = 1.0) -> dict:
+    """Asymmetric error bars from each row's `key_ci95` around its `key` (none where a row has no
+    interval)."""
+    plus, minus = [], []
+    for r in rows:
+        ci = r.get(f"{key}_ci95")
+        ok = ci and ci[0] is not None and ci[1] is not None and _have(r, key)
+        plus.append(scale * (ci[1] - r[key]) if ok else None)
+        minus.append(scale * (r[key] - ci[0]) if ok else None)
+    return dict(type="data", symmetric=False, array=plus, arrayminus=minus, visible=any(p is not None for p in plus),
+                color="#333", thickness=2, width=8)
+
+
+def _bar_labels(fig, xs: list, texts: list[str]) -> None:
+    """Each bar's value written at its foot on a white box, so an error bar crossing the bar never
+    covers the number (the bars keep the same text in their data, undrawn, for hover and reports)."""
+    for x, text in zip(xs, texts):
+        fig.add_annotation(x=x, y=0, yanchor="bottom", text=text, showarrow=False, font=dict(color="#222"),
+                           bgcolor="rgba(255,255,255,0.85)", borderpad=2)
+
+
+def _interval_text(ci, fmt: str = "{:,.0f}") -> str:
+    return f"{fmt.format(ci[0])}–{fmt.format(ci[1])}" if ci else "none"
+
+
+THIN_PATTERN = dict(shape="/", fgcolor="#444", size=8, solidity=0.3)
+# Speed-up bars coloured by the noise verdict (optlab.stats.verdict), not by which side of 1 they fall
+VERDICT_COLOURS = {"better": PALETTE[2], "worse": PALETTE[1], "within noise": "#A0A7B0",
+                   "no interval": "#C9CED6", "baseline": "#6C8893"}
+VERDICT_WORDS = {"better": "faster, beyond noise", "worse": "slower, beyond noise",
+                 "within noise": "within noise", "no interval": "no interval: cannot tell", "baseline": "the baseline"}
 
 
 # -- the Pareto front ----------------------------------------------------------------------------
@@ -87,6 +128,7 @@ def pareto_scatter(rows: list[dict]):
         group = [r for r in usable if (r.get("device_label") or "?") == device]
         fig.add_trace(go.Scatter(
             x=[r["train_images_per_s"] for r in group], y=[_pct(r["test_accuracy"]) for r in group],
+            error_x=_error(group, "train_images_per_s"), error_y=_error(group, "test_accuracy", 100),
             mode="markers+text", name=device, text=[r.get("label", "") for r in group],
             textposition="top center", cliponaxis=False,
             marker=dict(size=[r.get("peak_memory_mb") or 0 for r in group], sizemode="area", sizeref=sizeref,
@@ -110,28 +152,95 @@ def pareto_scatter(rows: list[dict]):
 
 
 # -- bars ------------------------------------------------------------------------------------------
-def speedup_bars(rows: list[dict], baseline: dict):
-    """Training throughput of each run divided by the baseline's (1.0 = as fast as the baseline)."""
-    import plotly.graph_objects as go
+def speedup_ratios(rows: list[dict], baseline: dict) -> list[dict]:
+    """Each row's throughput over the baseline's with the ratio's 95 % interval from both sides'
+    intervals, and the noise verdict: [{"row", "ratio", "lo", "hi", "verdict"}] for rows with a figure."""
+    from optlab.stats import ratio_interval, verdict
 
     base = baseline.get("train_images_per_s")
-    usable = [r for r in rows if _have(r, "train_images_per_s")] if base else []
-    ratios = [r["train_images_per_s"] / base for r in usable]
+    out = []
+    for r in rows if base else []:
+        if not _have(r, "train_images_per_s"):
+            continue
+        if r is baseline or (r.get("id") is not None and r.get("id") == baseline.get("id")):
+            out.append({"row": r, "ratio": r["train_images_per_s"] / base, "lo": None, "hi": None, "verdict": "baseline"})
+            continue
+        ratio, lo, hi = ratio_interval(r["train_images_per_s"], r.get("train_images_per_s_ci95"),
+                                       base, baseline.get("train_images_per_s_ci95"))
+        out.append({"row": r, "ratio": ratio, "lo": lo, "hi": hi, "verdict": verdict(ratio, lo, hi)})
+    return out
+
+
+def speedup_bars(rows: list[dict], baseline: dict):
+    """Training throughput of each run divided by the baseline's (1.0 = as fast as the baseline),
+    with the ratio's 95 % interval as an error bar and the bar coloured by the noise verdict.
+
+    The y axis stops a little above the bars and their bounded intervals: an interval that is
+    unbounded, or several times taller than every bar, runs off the top instead of flattening
+    the bars (its hover text gives the real bounds)."""
+    import plotly.graph_objects as go
+
+    bars = speedup_ratios(rows, baseline)
+    usable = [b["row"] for b in bars]
+    tallest = max([b["ratio"] for b in bars] + [1.0])
+    top = 1.2 * max([tallest] + [b["hi"] for b in bars if b["hi"] is not None and b["hi"] <= 3 * tallest])
     fig = go.Figure(go.Bar(
-        x=[r.get("label", "") for r in usable], y=ratios, text=[f"{v:.2f}×" for v in ratios],
-        textposition="outside", cliponaxis=False, name="speed-up",
-        marker_color=[PALETTE[2] if v >= 1 else PALETTE[1] for v in ratios],
-        customdata=[r["train_images_per_s"] for r in usable],
-        hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline<br>%{customdata:,.0f} images/s<extra></extra>"))
+        x=[r.get("label", "") for r in usable], y=[b["ratio"] for b in bars],
+        text=[f"{b['ratio']:.2f}×" for b in bars], textposition="none", name="speed-up", showlegend=False,
+        error_y=_error([{"v": b["ratio"], "v_ci95": (b["lo"], min(b["hi"], 10 * top)) if b["lo"] is not None else None}
+                        for b in bars], "v"),
+        marker=dict(color=[VERDICT_COLOURS[b["verdict"]] for b in bars],
+                    pattern=dict(shape=["/" if r.get("thin") else "" for r in usable], fgcolor="#333", solidity=0.3)),
+        customdata=[[r["train_images_per_s"], VERDICT_WORDS[b["verdict"]], _ratio_interval_text(b)]
+                    for r, b in zip(usable, bars)],
+        hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline (95 % interval %{customdata[2]})"
+                      "<br>%{customdata[1]}<br>%{customdata[0]:,.0f} images/s<extra></extra>"))
+    for call in [v for v in VERDICT_COLOURS if v in {b["verdict"] for b in bars}]:   # the colour key
+        fig.add_trace(go.Bar(x=[None], y=[None], name=VERDICT_WORDS[call], marker_color=VERDICT_COLOURS[call]))
+    _bar_labels(fig, [r.get("label", "") for r in usable], [f"{b['ratio']:.2f}×" for b in bars])
     fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
-    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", rangemode="tozero")
-    fig.update_xaxes(title_text="Run")
+    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
+    fig.update_xaxes(title_text="Run · error bar: 95 % interval of the ratio")
     return _finish(fig, f"Training speed-up against {baseline.get('label', 'the baseline')}",
-                   [r.get("device_label") for r in usable + [baseline]])
+                   [r.get("device_label") for r in usable + [baseline]], legend_on_top=True)
+
+
+def _ratio_interval_text(bar: dict) -> str:
+    if bar["lo"] is None:
+        return "none"
+    if math.isinf(bar["hi"]):
+        return "unbounded"
+    return f"{bar['lo']:.2f}× to {bar['hi']:.2f}×"
+
+
+def throughput_bars(rows: list[dict]):
+    """Training throughput per run or repeat group: the bar is the figure (a run's median per-step
+    throughput, a group's central value), the error bar its 95 % interval, the dots each repeat."""
+    import plotly.graph_objects as go
+
+    usable = [r for r in rows if _have(r, "train_images_per_s")]
+    fig = go.Figure(go.Bar(
+        x=[r.get("label", "") for r in usable], y=[r["train_images_per_s"] for r in usable], name="throughput",
+        error_y=_error(usable, "train_images_per_s"), marker_color=PALETTE[0],
+        marker_pattern=dict(shape=["/" if r.get("thin") else "" for r in usable], fgcolor="#333", solidity=0.3),
+        customdata=[[_interval_text(r.get("train_images_per_s_ci95")), r.get("train_images_per_s_basis") or "",
+                     "thin: " + r["thin_why"] if r.get("thin") and r.get("thin_why") else ""] for r in usable],
+        hovertemplate="<b>%{x}</b><br>%{y:,.0f} images/s<br>95 % interval %{customdata[0]} (%{customdata[1]})"
+                      "<br>%{customdata[2]}<extra></extra>"))
+    dots = [(r.get("label", ""), v) for r in usable for v in r.get("train_images_per_s_values") or []
+            if len(r.get("train_images_per_s_values") or []) > 1 and v is not None]
+    if dots:
+        fig.add_trace(go.Scatter(x=[x for x, _ in dots], y=[y for _, y in dots], mode="markers", name="each repeat",
+                                 marker=dict(color="#222", size=9, symbol="circle-open", line=dict(width=2)),
+                                 hovertemplate="<b>%{x}</b><br>one repeat: %{y:,.0f} images/s<extra></extra>"))
+    fig.update_yaxes(title_text="Training throughput (images/s, steady state)", rangemode="tozero")
+    fig.update_xaxes(title_text="Run · error bar: 95 % interval · hatched: thin")
+    return _finish(fig, "Training throughput", [r.get("device_label") for r in usable], legend_on_top=True)
 
 
 def memory_bars(rows: list[dict]):
-    """Peak memory per run, one colour per kind of memory figure (GPU allocator or host RSS)."""
+    """Peak memory per run, one colour per kind of memory figure (GPU allocator or host RSS), with
+    the interval between repeats as an error bar where a row has one."""
     import plotly.graph_objects as go
 
     usable = [r for r in rows if _have(r, "peak_memory_mb")]
@@ -141,8 +250,12 @@ def memory_bars(rows: list[dict]):
         fig.add_trace(go.Bar(
             x=[r.get("label", "") for r in group], y=[r["peak_memory_mb"] for r in group],
             name=MEMORY_KINDS.get(kind, kind or "peak memory"), marker_color=PALETTE[(n + 4) % len(PALETTE)],
-            text=[f"{r['peak_memory_mb']:,.0f}" for r in group], textposition="outside", cliponaxis=False,
+            error_y=_error(group, "peak_memory_mb"),
+            text=[f"{r['peak_memory_mb']:,.0f}" for r in group], textposition="none",
             hovertemplate="<b>%{x}</b><br>%{y:,.0f} MB<extra></extra>"))
+    _bar_labels(fig, [r.get("label", "") for r in usable], [f"{r['peak_memory_mb']:,.0f}" for r in usable])
+    # one kind of figure per run: overlay keeps every bar centred on its run (and on its label)
+    fig.update_layout(barmode="overlay")
     fig.update_yaxes(title_text="Peak memory (MB)", rangemode="tozero")
     fig.update_xaxes(title_text="Run")
     return _finish(fig, "Peak memory during training", [r.get("device_label") for r in usable])
@@ -152,20 +265,27 @@ def memory_bars(rows: list[dict]):
 def accuracy_curves(curves: list[dict], target: float | None = None):
     """Test accuracy after each epoch against cumulative training time (evaluation excluded).
 
-    Each curve: {"label", "device_label", "epochs": [{"cumulative_train_seconds", "test_accuracy"}, ...]}.
+    Each curve: {"label", "device_label", "epochs": [{"cumulative_train_seconds", "test_accuracy"}, ...]}
+    and optionally "group": curves of one group (the repeats of one config) share a colour and one
+    legend entry, so their spread shows as a bundle of lines.
     """
     import plotly.graph_objects as go
 
     fig = go.Figure()
     drawn = []
+    colours: dict[str, str] = {}
     for n, curve in enumerate(curves):
         points = [e for e in curve.get("epochs", []) if _have(e, "cumulative_train_seconds", "test_accuracy")]
         if not points:
             continue
         drawn.append(curve)
+        group = curve.get("group") or f"curve {n}"
+        first = group not in colours
+        colours.setdefault(group, PALETTE[len(colours) % len(PALETTE)])
         fig.add_trace(go.Scatter(
             x=[e["cumulative_train_seconds"] for e in points], y=[_pct(e["test_accuracy"]) for e in points],
-            mode="lines+markers", name=curve.get("label", ""), line=dict(color=PALETTE[n % len(PALETTE)], width=3),
+            mode="lines+markers", name=curve.get("group") or curve.get("label", ""), legendgroup=group,
+            showlegend=first, line=dict(color=colours[group], width=3),
             marker=dict(size=10),
             hovertemplate="<b>" + curve.get("label", "") + "</b><br>%{x:.1f} s of training<br>"
                           "%{y:.2f} % accuracy<extra></extra>"))

@@ -75,6 +75,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--repeats", type=int, help="run the same config N times (1..20) and report the spread")
     from optlab.compress.cli import add_compress_flags
     add_compress_flags(p)   # --prune/--quantize/--distill/--export: parsed into args.compress_steps
 
@@ -82,7 +83,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 _CONFIG_FLAGS = ("model", "dataset", "precision", "batch_size", "max_batch_size", "epochs", "lr", "optimizer",
                  "weight_decay", "label_smoothing", "limit_train", "limit_test", "device", "pipeline",
                  "num_workers", "image_size", "target_accuracy", "seed", "data_path", "channels_last",
-                 "compile", "augment", "profile")
+                 "compile", "augment", "profile", "repeats")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -107,7 +108,52 @@ def _fmt(value, unit="", digits=1) -> str:
     return f"{value}{unit}"
 
 
-def summary_rows(run) -> list[tuple[str, str]]:
+def throughput_text(s: dict) -> str:
+    """'1,234 img/s (median of 40 steady steps of 48; 95 % within-run interval 1,200 to 1,260; per step
+    p10 1,100, p90 1,300)', marked THIN when the run measured too few steps or too little time to be
+    relied on. Runs from before per-step times were kept say they have no interval."""
+    value = _fmt(s.get("train_images_per_s"), " img/s", 0)
+    t = s.get("throughput")
+    if s.get("train_images_per_s") is None:
+        return value
+    if not t:
+        from optlab.repeats import OLD_RUN
+        return value + f"  (steady state: {s.get('steady_steps')} of {s.get('steps')} steps; no interval: {OLD_RUN})"
+    text = f"{value}  (median of {t['steps']} steady steps of {s.get('steps')}"
+    if t.get("ci95"):
+        text += f"; 95 % within-run interval {t['ci95'][0]:,.0f} to {t['ci95'][1]:,.0f}"
+    if t.get("p10") is not None:
+        text += f"; per step p10 {t['p10']:,.0f}, p90 {t['p90']:,.0f}"
+    text += ")"
+    if t.get("quality") == "thin":
+        text += f"  THIN: {t.get('why')}"
+    return text
+
+
+def group_rows(group: list) -> list[tuple[str, str]]:
+    """A repeat group's central values and spread, for `show` of one of its runs."""
+    from optlab.repeats import FIGURES, unit_figures
+    unit = unit_figures(group)
+    rows = [("repeats", f"{unit['done']} of {unit['planned']} done in group {unit['group']} "
+                        f"(runs {', '.join(f'#{i}' for i in unit['ids'])})")]
+    for key, f in unit["figures"].items():
+        if f["n"] < 2:
+            continue
+        spec = FIGURES[key]
+        scale, unit_text = (100, "%") if spec.unit == "fraction" else (1, spec.unit)
+        central = "MLPerf mean (fastest and slowest left out)" if f["mlperf"] else "mean"
+        lo, hi = f["ci95"]
+        rows.append((f"  {spec.label}", f"{central} {scale * f['value']:,.4g} {unit_text}, 95 % interval between "
+                                        f"repeats {scale * lo:,.4g} to {scale * hi:,.4g}, cv {100 * (f['cv'] or 0):.1f} %, "
+                                        f"n={f['n']}"))
+    if unit["thin"]:
+        rows.append(("  thin repeats", ", ".join(f"#{i}" for i, _ in unit["thin"])))
+    return rows
+
+
+def summary_rows(run, group: list | None = None) -> list[tuple[str, str]]:
+    """The rows `show` prints; `group` (the run's repeat group, when it has one) adds the group's
+    central values and spread."""
     s = run.summary or {}
     mem = "GPU allocator" if s.get("memory_kind") == "cuda_allocator" else "host RSS"
     rows = [("run", f"#{run.id} ({run.status})"), ("device", s.get("device_label") or (run.device or {}).get("label", "?")),
@@ -120,8 +166,7 @@ def summary_rows(run) -> list[tuple[str, str]]:
     if s.get("steps") is not None:
         acc = s.get("test_accuracy")
         rows += [
-            ("train throughput", _fmt(s.get("train_images_per_s"), " img/s", 0)
-             + f"  (steady state: {s.get('steady_steps')} of {s.get('steps')} steps)"),
+            ("train throughput", throughput_text(s)),
             ("step time", f"p50 {_fmt(s.get('step_ms_p50'), ' ms', 2)}, p90 {_fmt(s.get('step_ms_p90'), ' ms', 2)}"),
             ("input wait", _fmt(100 * s["input_wait_share"] if s.get("input_wait_share") is not None else None, " % of step time")),
             ("peak memory", f"{_fmt(s.get('peak_memory_mb'), ' MB', 0)} ({mem})"),
@@ -130,6 +175,8 @@ def summary_rows(run) -> list[tuple[str, str]]:
             (f"time to {100 * s.get('target_accuracy', 0):.0f} %", _fmt(s.get("time_to_target_s"), " s", 2)
              if s.get("time_to_target_s") is not None else "not reached"),
         ]
+    if group and len(group) > 1:
+        rows += group_rows(group)
     return rows
 
 
@@ -139,9 +186,11 @@ def print_table(rows) -> None:
         print(f"{k:<{width}}  {v}")
 
 
-def json_view(run) -> dict:
+def json_view(run, group: list | None = None) -> dict:
+    """One run as JSON; `group` (its repeat group) adds "repeat_group" with the group's figures."""
     s = run.summary or {}
-    out = {"id": run.id, "status": run.status, "error": run.error, "user": run.user, "config": run.config}
+    out = {"id": run.id, "status": run.status, "error": run.error, "user": run.user, "config": run.config,
+           "repeat_index": run.repeat_index}
     for k in JSON_FIELDS:
         if k not in out:
             out[k] = s.get(k)
@@ -149,6 +198,9 @@ def json_view(run) -> dict:
     out["summary"] = s
     from optlab.advisor import advise
     out["advice"] = [a.to_dict() for a in advise(s, run.config, run.device)]
+    if group and len(group) > 1:
+        from optlab.repeats import group_summary
+        out["repeat_group"] = group_summary(group)
     return out
 
 
@@ -191,21 +243,51 @@ def _add_run(p):
 
 def _run(args) -> int:
     from optlab import device as devices
+    from optlab.repeats import new_group_id
     from optlab.runner import execute
     cfg = config_from_args(args)
     # Validate against this machine: "auto" describes the GPU when there is one, else the CPU.
     cfg.validate(devices.describe("cpu" if cfg.device == "cpu" else "auto"))
     store = get_store()
-    run_id = store.submit(cfg, user=args.user, status="running")
-    bar = ProgressBar()
-    execute(store, run_id, on_progress=bar)
-    bar.done()
-    run = store.get(run_id)
+    group = new_group_id() if cfg.repeats > 1 else None
+    runs = []
+    for index in range(1, cfg.repeats + 1):
+        # Each repeat enters the store only when it starts ("running"), so a scheduler working the
+        # same store never takes one; back to back, since there is nothing to interleave with.
+        run_id = store.submit(cfg, user=args.user, status="running", repeat_group=group,
+                              repeat_index=index if group else None)
+        if group:
+            print(f"repeat {index} of {cfg.repeats}: run #{run_id}", file=sys.stderr)
+        bar = ProgressBar()
+        execute(store, run_id, on_progress=bar)
+        bar.done()
+        runs.append(store.get(run_id))
+    if group:
+        return _print_group(runs, args.json)
+    run = runs[0]
     if args.json:
         print(json.dumps(json_view(run)))
     else:
         print_table(summary_rows(run))
     return 0 if run.status == "done" else 1
+
+
+def _print_group(runs: list, as_json: bool) -> int:
+    """`run --repeats N`: one JSON object (or one table) carrying every repeat, the central value and
+    the spread of each figure."""
+    from optlab.repeats import group_summary
+    summary = group_summary(runs)
+    ok = all(r.status == "done" for r in runs)
+    if as_json:
+        first = runs[0].summary or {}
+        print(json.dumps({
+            "repeat_group": summary["repeat_group"], "status": "done" if ok else "incomplete",
+            "device": first.get("device") or (runs[0].device or {}).get("kind"), "device_name": first.get("device_name"),
+            "ids": summary["ids"], "done": summary["done"], "throughput_quality": summary["throughput_quality"],
+            "figures": summary["figures"], "repeats": [json_view(r) for r in runs]}))
+    else:
+        print_table(summary_rows(runs[-1], group=runs))
+    return 0 if ok else 1
 
 
 command("run")((_add_run, _run))
@@ -223,13 +305,14 @@ def _list(args) -> int:
         print(json.dumps([json_view(r) for r in runs]))
         return 0
     print(f"{'id':>5}  {'status':<11} {'when':<16} {'user':<10} {'model':<18} {'prec':<5} {'bs':>5} "
-          f"{'img/s':>9} {'acc %':>6}  device")
+          f"{'img/s':>9} {'':<4} {'acc %':>6}  device")
     for r in runs:
         s = r.summary or {}
         acc = s.get("test_accuracy")
         print(f"{r.id:>5}  {r.status:<11} {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created_at)):<16} "
               f"{(r.user or '-')[:10]:<10} {r.config['model'][:18]:<18} {r.config['precision']:<5} "
               f"{str(s.get('batch_size', r.config['batch_size'])):>5} {_fmt(s.get('train_images_per_s'), '', 0):>9} "
+              f"{'thin' if (s.get('throughput') or {}).get('quality') == 'thin' else '':<4} "
               f"{_fmt(100 * acc if acc is not None else None, '', 1):>6}  {s.get('device_label', (r.device or {}).get('label', ''))}")
     return 0
 
@@ -243,11 +326,13 @@ def _add_show(p):
 
 
 def _show(args) -> int:
-    _, run = get_run(args.id)
+    from optlab.repeats import members
+    store, run = get_run(args.id)
+    group = members(store, run)
     if args.json:
-        print(json.dumps(json_view(run)))
+        print(json.dumps(json_view(run, group=group)))
     else:
-        print_table(summary_rows(run))
+        print_table(summary_rows(run, group=group))
     return 0
 
 

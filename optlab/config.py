@@ -10,6 +10,7 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 DEVICES = ("auto", "cuda", "cpu")
 PIPELINES = ("cpu", "gpu")
 OPTIMIZERS = ("sgd", "adamw")
+MAX_REPEATS = 20   # a room shares one GPU: one click must not hold it for a hundred runs
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,7 @@ class RunConfig:
     data_path: str | None = None       # folder for the imagefolder data set
     profile: bool = True               # record a short torch.profiler window
     compress: list[dict] = field(default_factory=list)  # compression steps run after training
+    repeats: int = 1                   # run the same config this many times, as one group with a spread
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self, device_info=None) -> "RunConfig":
@@ -86,6 +88,9 @@ class RunConfig:
              "train limit must be >= 1 image")
         need(self.limit_test is None or (_is_int(self.limit_test) and self.limit_test >= 1),
              "test limit must be >= 1 image")
+        need(_is_int(self.repeats) and 1 <= self.repeats <= MAX_REPEATS,
+             f"repeats must be a whole number 1..{MAX_REPEATS} (how many times the same config runs), "
+             f"not {self.repeats!r}")
         need(0 < self.target_accuracy <= 1, "target accuracy is a fraction in (0, 1], e.g. 0.9")
         need(isinstance(self.compress, list) and all(isinstance(s, dict) for s in self.compress),
              "compress must be a list of steps such as {'method': 'prune_unstructured', 'sparsity': 0.5}")

@@ -40,9 +40,14 @@ def _submit(args) -> int:
     # validate() itself, so describe what 'auto' finds instead of failing to open a GPU.
     wanted = cfg.device if cfg.device == "cpu" or devices.cuda_available() else "auto"
     cfg.validate(devices.describe(wanted))
-    run_id = get_store().submit(cfg, user=_submitter() if args.user is None else args.user, label=args.label)
-    print(run_id)
-    print(f"queued run #{run_id}; `python -m optlab status {run_id}` to follow it", file=sys.stderr)
+    from optlab import repeats
+    ids = repeats.submit(get_store(), cfg, user=_submitter() if args.user is None else args.user, label=args.label)
+    print("\n".join(map(str, ids)))   # one id a line, for scripts
+    if len(ids) > 1:
+        print(f"queued {len(ids)} repeats of the same config: runs #{ids[0]}-#{ids[-1]}; "
+              f"`python -m optlab show {ids[-1]}` gives the spread once they are done", file=sys.stderr)
+    else:
+        print(f"queued run #{ids[0]}; `python -m optlab status {ids[0]}` to follow it", file=sys.stderr)
     return 0
 
 

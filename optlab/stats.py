@@ -110,7 +110,9 @@ def summarize_repeats(values: list[float | None]) -> dict:
     """Central value and spread of one figure over repeats of the same config.
 
     `value` is the mean (MLPerf's trimmed mean from five repeats on, as `mlperf_mean` too),
-    `ci95` Student's t interval of the mean, `cv` the coefficient of variation."""
+    `ci95` Student's t interval of the mean, `cv` the coefficient of variation. Figures that cannot
+    be negative (all values >= 0: times, rates, memory) keep the interval's low end at 0; with two
+    noisy repeats t's wide interval would otherwise promise negative images per second."""
     xs = [v for v in values if v is not None]
     out = {"n": len(xs), "values": list(values), "value": None, "mean": None, "median": None, "min": None,
            "max": None, "ci95": None, "cv": None, "mlperf_mean": None}
@@ -121,7 +123,8 @@ def summarize_repeats(values: list[float | None]) -> dict:
                cv=coefficient_of_variation(xs), mlperf_mean=mlperf_mean(xs))
     if len(xs) >= 2:
         half = t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-        out["ci95"] = (mean - half, mean + half)
+        low = max(0.0, mean - half) if min(xs) >= 0 else mean - half
+        out["ci95"] = (low, mean + half)
     out["value"] = out["mlperf_mean"] if out["mlperf_mean"] is not None else mean
     return out
 
@@ -135,8 +138,11 @@ def _log_se(value: float, ci: tuple[float, float] | list[float] | None) -> float
 
 def ratio_interval(a: float, a_ci, b: float, b_ci) -> tuple[float, float | None, float | None]:
     """a / b with a 95 % interval from both sides' intervals (log-normal approximation).
-    The interval is None when either side has none."""
+    The interval is None when either side has none, and (0, inf) when either side's interval
+    reaches zero: a figure that may be nothing bounds no ratio."""
     ratio = a / b
+    if any(ci and ci[0] is not None and ci[0] <= 0 for ci in (a_ci, b_ci)) and a_ci and b_ci:
+        return ratio, 0.0, math.inf
     se_a, se_b = _log_se(a, a_ci), _log_se(b, b_ci)
     if se_a is None or se_b is None:
         return ratio, None, None
@@ -159,16 +165,19 @@ def verdict(ratio: float, lo: float | None, hi: float | None, *, higher_is_bette
     return "within noise"
 
 
-def compare(new: dict, old: dict, *, higher_is_better: bool = True) -> dict:
+def compare(new: dict, old: dict, *, higher_is_better: bool = True, against: str | None = None) -> dict:
     """Compare two figures given as {"value", "ci95"} (throughput_figures or summarize_repeats
-    output). Returns the ratio new/old, its interval, the verdict and a sentence saying it."""
+    output). Returns the ratio new/old, its interval, the verdict and a sentence saying it;
+    `against` names the old side in that sentence ("not distinguishable from run #4 ...")."""
     if not new.get("value") or not old.get("value"):
         return {"ratio": None, "ci95": None, "verdict": "no figure", "text": "one of the two has no figure"}
     ratio, lo, hi = ratio_interval(new["value"], new.get("ci95"), old["value"], old.get("ci95"))
     call = verdict(ratio, lo, hi, higher_is_better=higher_is_better)
-    interval = f" (95 % interval {lo:.2f}x to {hi:.2f}x)" if lo is not None else " (no interval: a side has too few steps)"
+    interval = (" (no interval: one side has no spread recorded)" if lo is None else
+                " (95 % interval unbounded: a side's interval reaches zero)" if math.isinf(hi) else
+                f" (95 % interval {lo:.2f}x to {hi:.2f}x)")
     if call == "within noise":
-        text = f"{ratio:.2f}x{interval}: not distinguishable at this spread"
+        text = f"{ratio:.2f}x{interval}: not distinguishable{f' from {against}' if against else ''} at this spread"
     elif call == "no interval":
         text = f"{ratio:.2f}x{interval}: cannot tell whether this is a difference"
     else:

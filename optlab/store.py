@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,
     user TEXT NOT NULL DEFAULT '',
     sweep_id TEXT,
+    repeat_group TEXT,
+    repeat_index INTEGER,
     parent_id INTEGER,
     label TEXT,
     config TEXT NOT NULL,
@@ -61,6 +63,8 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id);
 """
 
 _JSON_COLUMNS = ("config", "device", "summary", "progress")
+# Columns added after the first stores were made: (name, SQL type). Opening an older store adds them.
+_ADDED_COLUMNS = (("repeat_group", "TEXT"), ("repeat_index", "INTEGER"))
 
 
 def optlab_home() -> Path:
@@ -77,6 +81,8 @@ class Run:
     started_at: float | None = None
     finished_at: float | None = None
     sweep_id: str | None = None
+    repeat_group: str | None = None  # runs of the same config repeated to measure its spread
+    repeat_index: int | None = None  # 1..n within the group, in submission order
     parent_id: int | None = None
     label: str | None = None
     device: dict | None = None
@@ -111,6 +117,10 @@ class Store:
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -125,12 +135,15 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------------
     def submit(self, config: RunConfig, *, user: str = "", sweep_id: str | None = None,
-               parent_id: int | None = None, label: str | None = None, status: str = "queued") -> int:
+               parent_id: int | None = None, label: str | None = None, status: str = "queued",
+               repeat_group: str | None = None, repeat_index: int | None = None) -> int:
+        """Queue one run. A config with repeats > 1 is queued as a group by optlab.repeats.submit."""
         with self.connect() as db:
             cur = db.execute(
-                "INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), status, user or "", sweep_id, parent_id, label, config.to_json()))
+                "INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config, repeat_group, "
+                "repeat_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), status, user or "", sweep_id, parent_id, label, config.to_json(), repeat_group,
+                 repeat_index))
             return int(cur.lastrowid)
 
     def get(self, run_id: int) -> Run | None:
@@ -140,7 +153,7 @@ class Store:
 
     def list(self, *, status: str | tuple[str, ...] | None = None, user: str | None = None,
              sweep_id: str | None = None, ids: list[int] | None = None, limit: int | None = None,
-             newest_first: bool = True) -> list[Run]:
+             newest_first: bool = True, repeat_group: str | None = None) -> list[Run]:
         where, args = [], []
         if status:
             statuses = (status,) if isinstance(status, str) else tuple(status)
@@ -152,6 +165,9 @@ class Store:
         if sweep_id is not None:
             where.append("sweep_id = ?")
             args.append(sweep_id)
+        if repeat_group is not None:
+            where.append("repeat_group = ?")
+            args.append(repeat_group)
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args += [int(i) for i in ids]

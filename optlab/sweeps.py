@@ -10,14 +10,16 @@ import typing
 import uuid
 from dataclasses import dataclass, fields
 
+from optlab import repeats
 from optlab.config import ConfigError, RunConfig, parse_batch_size
 
 MAX_KNOBS = 2      # a grid of more than two knobs cannot be read off one chart
 MAX_RUNS = 48      # a workshop GPU shared by a room should not be handed a thousand runs by one click
 
 # Knobs that make sense to sweep: everything with a scalar value. `compress` is a list of steps and
-# `data_path` names one folder, so neither is a dimension of a grid.
-SWEEPABLE = tuple(f.name for f in fields(RunConfig) if f.name not in ("compress", "data_path"))
+# `data_path` names one folder, so neither is a dimension of a grid; `repeats` says how often each
+# combination runs, which is a property of the whole sweep, not a setting to compare.
+SWEEPABLE = tuple(f.name for f in fields(RunConfig) if f.name not in ("compress", "data_path", "repeats"))
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -103,8 +105,10 @@ def expand(base: RunConfig, axes: dict[str, list]) -> list[SweepRun]:
     total = 1
     for values in axes.values():
         total *= len(values)
-    if total > MAX_RUNS:
-        raise ConfigError(f"this sweep would queue {total} runs; at most {MAX_RUNS} are allowed at once")
+    if total * base.repeats > MAX_RUNS:
+        times = f" ({total} combinations x {base.repeats} repeats)" if base.repeats > 1 else ""
+        raise ConfigError(f"this sweep would queue {total * base.repeats} runs{times}; "
+                          f"at most {MAX_RUNS} are allowed at once")
     runs = []
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo))
@@ -123,7 +127,9 @@ def submit_sweep(store, runs: list[SweepRun], *, user: str = "", device_for=None
 
     `device_for(config) -> DeviceInfo` names the machine each combination will run on, so a sweep
     over precision on a CPU-only server is refused for fp16 before anything is queued. Raises
-    ConfigError naming the first bad combination; nothing is queued then.
+    ConfigError naming the first bad combination; nothing is queued then. With repeats, each
+    combination is one repeat group and the rounds are interleaved (A B A B ..., see
+    optlab.repeats.queue); the ids come back in queue order.
     """
     for run in runs:
         try:
@@ -131,5 +137,5 @@ def submit_sweep(store, runs: list[SweepRun], *, user: str = "", device_for=None
         except ConfigError as e:
             raise ConfigError(f"{run.label}: {e}") from None
     sweep_id = sweep_id or new_sweep_id()
-    ids = [store.submit(run.config, user=user, sweep_id=sweep_id, label=run.label) for run in runs]
+    ids = repeats.queue(store, [(run.config, run.label) for run in runs], user=user, sweep_id=sweep_id)
     return sweep_id, ids

@@ -8,10 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, fields
 
-from optlab.config import ConfigError, RunConfig, parse_batch_size
+from optlab import repeats
+from optlab.config import MAX_REPEATS, ConfigError, RunConfig, parse_batch_size
+from optlab.stats import MIN_EFFECT
 from optlab.store import Run
 
 
@@ -73,6 +76,9 @@ KNOBS: dict[str, Knob] = {
                                                "accuracy first reaches this fraction (0.9 = 90 %).", "Measurement"),
     "device": Knob("Device", "auto uses the GPU when there is one, else the CPU. Every figure says which.",
                    "Measurement"),
+    "repeats": Knob("Repeats", f"Run the same settings this many times (1..{MAX_REPEATS}) to see the spread: "
+                               "Compare then shows each figure with its interval and says whether a difference "
+                               "is beyond noise. A sweep's repeats run interleaved (A B A B ...).", "Measurement"),
     "profile": Knob("Profile a few steps", "Record a short torch.profiler window after warm-up for the Profile "
                                            "page; those steps are left out of the timings.", "Measurement"),
     "compress": Knob("Compress after training", "Make smaller or faster variants of the trained model "
@@ -163,9 +169,39 @@ def device_label(run: Run) -> str | None:
 
 
 def run_name(run: Run) -> str:
-    """The run's label, or what it trains: 'speednet fp32 bs=64'."""
+    """The run's label, or what it trains: 'speednet fp32 bs=64'; 'repeat 2 of 3' for a repeat."""
     c = run.config
-    return run.label or f"{c.get('model')} {c.get('precision')} bs={c.get('batch_size')}"
+    name = run.label or f"{c.get('model')} {c.get('precision')} bs={c.get('batch_size')}"
+    if run.repeat_group:
+        name += f" · repeat {run.repeat_index} of {c.get('repeats')}"
+    return name
+
+
+def quality_text(summary: dict | None) -> str:
+    """How far a run's throughput can be relied on: 'solid', 'thin: <why>', or that an older run
+    recorded no per-step times (no interval, no quality)."""
+    t = (summary or {}).get("throughput")
+    if not summary or summary.get("train_images_per_s") is None:
+        return ""
+    if not t:
+        return "no interval (" + repeats.OLD_RUN + ")"
+    return "thin: " + (t.get("why") or "too little measured") if t.get("quality") == "thin" else "solid"
+
+
+def throughput_detail(summary: dict | None) -> str:
+    """One line under a run's throughput: what the figure is and how precise it is."""
+    s = summary or {}
+    t = s.get("throughput")
+    if s.get("train_images_per_s") is None:
+        return "not measured"
+    if not t:
+        return f"steady-state steps only; no interval: {repeats.OLD_RUN}"
+    text = f"median over {t['steps']} steady steps ({t['seconds']:.2f} s)"
+    if t.get("ci95"):
+        text += f"; 95 % within-run interval {t['ci95'][0]:,.0f}–{t['ci95'][1]:,.0f} img/s"
+    if t.get("p10") is not None:
+        text += f"; steps p10–p90 {t['p10']:,.0f}–{t['p90']:,.0f} img/s"
+    return text
 
 
 def headline(run: Run) -> list[tuple[str, str, str]]:
@@ -177,9 +213,11 @@ def headline(run: Run) -> list[tuple[str, str, str]]:
     memory = "GPU allocator peak" if s.get("memory_kind") == "cuda_allocator" else "peak resident memory of the process"
     accuracy = (fmt(_pct(s.get("test_accuracy")), "{:.2f} %") if s.get("accuracy_applies", True)
                 else "n/a (random labels)")
+    thin = (s.get("throughput") or {}).get("quality") == "thin"
     return [
-        ("Training speed", fmt(s.get("train_images_per_s"), "{:,.0f} img/s"),
-         "steady-state steps only: warm-up and profiled steps left out"),
+        ("Training speed", fmt(s.get("train_images_per_s"), "{:,.0f} img/s") + (" (thin)" if thin else ""),
+         "median per-step throughput of the steady-state steps (warm-up and profiled steps left out): "
+         + throughput_detail(s)),
         ("Test accuracy", accuracy, "top-1 on the held-out test images after training"),
         ("Peak memory", fmt(s.get("peak_memory_mb"), "{:,.0f} MB"), memory),
         ("Training time", fmt(s.get("train_seconds"), "{:,.1f} s"),
@@ -197,7 +235,9 @@ def run_rows(runs: list[Run]) -> list[dict]:
             "id": run.id, "status": run.status, "user": run.user,
             "submitted": when(run.created_at), "model": c.get("model"), "dataset": c.get("dataset"),
             "precision": c.get("precision"), "batch": s.get("batch_size", c.get("batch_size")),
-            "images/s": s.get("train_images_per_s"), "accuracy %": _pct(s.get("test_accuracy")),
+            "images/s": s.get("train_images_per_s"), "throughput": quality_text(s),
+            "repeat": f"{run.repeat_index} of {c.get('repeats')}" if run.repeat_group else "",
+            "accuracy %": _pct(s.get("test_accuracy")),
             "peak MB": s.get("peak_memory_mb"), "wall s": took, "device": device_label(run) or "",
             "sweep": run.sweep_id or "", "label": run.label or "",
         })
@@ -208,36 +248,57 @@ def _pct(value):
     return None if value is None else 100 * value
 
 
+# Not knobs of what a run does: how often it was repeated says nothing about its outcome.
+NOT_KNOBS = ("repeats",)
+
+
 def varying_knobs(runs: list[Run]) -> list[str]:
     """RunConfig fields whose value is not the same in every run, in RunConfig order."""
     if len(runs) < 2:
         return []
-    names = [f.name for f in fields(RunConfig)]
+    names = [f.name for f in fields(RunConfig) if f.name not in NOT_KNOBS]
     return [n for n in names if len({json.dumps(r.config.get(n), sort_keys=True) for r in runs}) > 1]
+
+
+def compress_text(steps: list[dict] | None) -> str:
+    """Compression steps compactly: 'prune_unstructured+int8_static', or 'no compression'."""
+    methods = [step.get("method") for step in steps or [] if step.get("method") != "benchmark"]
+    return "+".join(str(m) for m in methods) if methods else "no compression"
+
+
+def _knob_parts(run: Run, vary: list[str]) -> list[str]:
+    names = {"batch_size": "bs", "channels_last": "NHWC", "compile": "compiled"}
+    parts = []
+    for k in vary:
+        v = run.config.get(k)
+        if isinstance(v, bool):
+            parts.append(names.get(k, k) if v else f"no {names.get(k, k)}")
+        elif k in ("precision", "model", "dataset"):
+            parts.append(str(v))
+        elif k == "pipeline":
+            parts.append(f"data on {v}")
+        elif k == "compress":
+            parts.append(compress_text(v))
+        else:
+            parts.append(f"{names.get(k, k)}={v if v is not None else 'default'}")
+    return parts
 
 
 def short_labels(runs: list[Run], limit: int = 3) -> dict[int, str]:
     """'#12 bf16 bs=256': the id plus up to `limit` knobs that differ across these runs."""
     vary = varying_knobs(runs)[:limit]
-    names = {"batch_size": "bs", "channels_last": "NHWC", "compile": "compiled"}
     labels = {}
     for run in runs:
-        parts = []
-        for k in vary:
-            v = run.config.get(k)
-            if isinstance(v, bool):
-                parts.append(names.get(k, k) if v else f"no {names.get(k, k)}")
-            elif k in ("precision", "model", "dataset"):
-                parts.append(str(v))
-            elif k == "pipeline":
-                parts.append(f"data on {v}")
-            elif k == "compress":
-                methods = [step.get("method") for step in v or [] if step.get("method") != "benchmark"]
-                parts.append("+".join(methods) if methods else "no compression")
-            else:
-                parts.append(f"{names.get(k, k)}={v if v is not None else 'default'}")
+        parts = _knob_parts(run, vary)
         labels[run.id] = f"#{run.id} " + " ".join(parts) if parts else f"#{run.id}"
     return labels
+
+
+def unit_labels(units: list[list[Run]], limit: int = 3) -> list[str]:
+    """Short labels of comparison units: a repeat group is named by its first run plus
+    '(3 repeats)', so one line on a chart stands for the whole group."""
+    labels = short_labels([r for unit in units for r in unit], limit)
+    return [labels[unit[0].id] + (f" ({len(unit)} repeats)" if len(unit) > 1 else "") for unit in units]
 
 
 FIGURE_KEYS = ("train_images_per_s", "test_accuracy", "peak_memory_mb", "memory_kind", "train_seconds",
@@ -246,45 +307,170 @@ FIGURE_KEYS = ("train_images_per_s", "test_accuracy", "peak_memory_mb", "memory_
 
 
 def figure_rows(runs: list[Run]) -> list[dict]:
-    """The rows the comparison charts take: summary figures, a short label and the knobs."""
-    labels = short_labels(runs)
+    """The rows the comparison charts take, one per unit (a repeat group pooled into one row, or a
+    single run): summary figures, a short label, the knobs, and per pooled figure its interval.
+
+    A pooled figure `k` (repeats.FIGURES) is the unit's central value, with `k_ci95` (None when
+    there is none), `k_basis` ("between repeats", "within run" or "no interval") and `k_values`
+    (each repeat's value). `thin` marks a unit whose throughput was measured on too few steps or
+    too little time, `thin_why` says which; `unit` holds the whole repeats.unit_figures result.
+    """
+    groups = repeats.units(runs)
     rows = []
-    for run in runs:
-        s = run.summary or {}
-        row = {"id": run.id, "label": labels[run.id], "status": run.status, "sweep_id": run.sweep_id}
+    for unit, label in zip(groups, unit_labels(groups)):
+        first = unit[0]
+        s = first.summary or {}
+        figures = repeats.unit_figures(unit)
+        row = {"id": first.id, "ids": [r.id for r in unit], "label": label, "status": first.status,
+               "sweep_id": first.sweep_id, "repeat_group": first.repeat_group, "repeats": len(unit)}
         row.update({k: s.get(k) for k in FIGURE_KEYS})
-        row["device_label"] = device_label(run)
-        row.update({f"knob:{k}": v for k, v in run.config.items() if k != "compress"})
+        for key, f in figures["figures"].items():
+            row.update({key: f["value"], f"{key}_ci95": f["ci95"], f"{key}_basis": f["basis"],
+                        f"{key}_values": f["values"]})
+        row["device_label"] = device_label(first)
+        row["thin"] = figures["quality"] == "thin"
+        row["thin_why"] = "; ".join(f"#{i}: {why}" for i, why in figures["thin"]) or None
+        row["unit"] = figures
+        row.update({f"knob:{k}": v for k, v in first.config.items() if k not in ("compress", *NOT_KNOBS)})
+        row["knob:compress"] = compress_text(first.config.get("compress"))
         rows.append(row)
     return rows
 
 
-def table_rows(runs: list[Run]) -> list[dict]:
-    """The comparison table: one row per run, then one indented child row per compressed variant."""
-    labels = short_labels(runs)
+def speed_verdicts(rows: list[dict], baseline: dict) -> list[dict]:
+    """For every unit but the baseline: its throughput against the baseline's, in words.
+
+    Each: {"label", "ratio", "ci95", "verdict", "basis", "text"}; text reads like '#3 bf16 is 1.52x
+    as fast as #1 fp32 (95 % interval 1.40x to 1.65x, between repeats): faster, beyond noise' or
+    '... not distinguishable from #1 fp32 at this spread'."""
     out = []
-    for run in runs:
-        s = run.summary or {}
-        out.append({
-            "run": labels[run.id], "variant": "trained model", "device": device_label(run) or "",
-            "train images/s": s.get("train_images_per_s"), "step ms p50": s.get("step_ms_p50"),
-            "accuracy %": _pct(s.get("test_accuracy")), "peak memory MB": s.get("peak_memory_mb"),
-            "memory kind": s.get("memory_kind"), "train s": s.get("train_seconds"),
-            "time to target s": s.get("time_to_target_s"), "params": s.get("params"),
-            "nonzero params": s.get("nonzero_params"), "size MB": s.get("weights_mb"),
-            "latency ms p50": None, "latency ms p90": None, "inference images/s": None,
-        })
-        for v in s.get("variants") or []:
-            out.append({
-                "run": labels[run.id], "variant": "  ↳ " + str(v.get("name", "variant")),
-                "device": v.get("device_label") or device_label(run) or "",
-                "train images/s": None, "step ms p50": None, "accuracy %": _pct(v.get("test_accuracy")),
-                "peak memory MB": None, "memory kind": None, "train s": None, "time to target s": None,
-                "params": v.get("params"), "nonzero params": v.get("nonzero_params"), "size MB": v.get("size_mb"),
-                "latency ms p50": v.get("latency_ms_p50"), "latency ms p90": v.get("latency_ms_p90"),
-                "inference images/s": v.get("throughput_images_per_s"),
-            })
+    for row in rows:
+        if row["id"] == baseline["id"]:
+            continue
+        v = repeats.verdict(row["unit"], baseline["unit"], "train_images_per_s", against=baseline["label"])
+        if v["ratio"] is None:
+            text = f"{row['label']}: no throughput to compare with {baseline['label']}"
+        else:
+            basis = {repeats.BETWEEN: "between repeats",
+                     repeats.WITHIN: "within-run intervals: run-to-run noise left out",
+                     repeats.NONE: "no interval"}[v["basis"]]
+            if v["ci95"] and math.isinf(v["ci95"][1]):
+                interval = (f"95 % interval unbounded, {basis}: the repeats differ so much that the interval of "
+                            "a side reaches zero; more repeats narrow it")
+            elif v["ci95"]:
+                interval = f"95 % interval {v['ci95'][0]:.2f}x to {v['ci95'][1]:.2f}x, {basis}"
+            else:
+                interval = "no interval: " + (repeats.OLD_RUN if repeats.OLD_RUN in _why_none(row, baseline)
+                                               else "one side has no spread recorded")
+            call = {"better": "faster, beyond noise", "worse": "slower, beyond noise",
+                    "within noise": f"not distinguishable from {baseline['label']} at this spread",
+                    "no interval": "cannot tell whether this is a difference"}[v["verdict"]]
+            text = f"{row['label']} is {v['ratio']:.2f}x as fast as {baseline['label']} ({interval}): {call}"
+        out.append({"label": row["label"], "id": row["id"], "ratio": v["ratio"], "ci95": v["ci95"],
+                    "verdict": v["verdict"], "basis": v["basis"], "text": text})
     return out
+
+
+def interval_note(rows: list[dict]) -> str:
+    """What the intervals on the Compare page are, for the units shown."""
+    bases = {r.get("train_images_per_s_basis") for r in rows if r.get("train_images_per_s") is not None}
+    parts = ["Intervals are 95 %. A difference is called only when the whole interval of the ratio lies "
+             f"beyond 1 ± {100 * MIN_EFFECT:.0f} %."]
+    if repeats.BETWEEN in bases:
+        parts.append("Repeat groups: between repeats (Student's t over the repeats' figures; from five repeats the "
+                     "central value is MLPerf's mean without the fastest and slowest).")
+    if repeats.WITHIN in bases:
+        parts.append("Single runs: within run (bootstrap of the median over the run's steady steps). That leaves "
+                     "out how much the next run may differ, which on a shared machine can be far more: set "
+                     "Repeats to 3 or more to be sure.")
+    old = [r["label"] for r in rows if r["unit"]["figures"]["train_images_per_s"].get("why_none")]
+    if old:
+        parts.append(f"No interval for {', '.join(old)}: {repeats.OLD_RUN}.")
+    return " ".join(parts)
+
+
+_MARKDOWN = set("\\`*_{}[]()<>#+-.!|~$")
+
+
+def md_escape(text: str) -> str:
+    """Text that st.markdown shows as typed: labels may carry values a person typed, and Markdown
+    would turn them into links or images in every viewer's browser."""
+    return "".join("\\" + c if c in _MARKDOWN else c for c in str(text))
+
+
+def _why_none(*rows: dict) -> str:
+    return " ".join(r["unit"]["figures"]["train_images_per_s"].get("why_none") or "" for r in rows)
+
+
+def table_rows(runs: list[Run]) -> list[dict]:
+    """The comparison table: one row per run (with its throughput interval and quality), then one
+    indented child row per compressed variant; after the runs of a repeat group, one row with the
+    group's central values and the interval between repeats."""
+    out = []
+    labels = short_labels(runs)
+    groups = repeats.units(runs)
+    for unit, label in zip(groups, unit_labels(groups)):
+        for run in unit:
+            out += _run_table_rows(run, labels[run.id])
+        if len(unit) > 1:
+            out.append(_group_table_row(unit, label))
+    return out
+
+
+def _row(**values) -> dict:
+    """A table row with every column, in order; columns not given are empty."""
+    return {column: values.get(column) for column in TABLE_COLUMNS}
+
+
+TABLE_COLUMNS = ("run", "repeat", "variant", "device", "train images/s", "images/s 95 % low", "images/s 95 % high",
+                 "interval", "throughput quality", "step ms p50", "accuracy %", "peak memory MB", "memory kind",
+                 "train s", "time to target s", "params", "nonzero params", "size MB", "latency ms p50",
+                 "latency ms p90", "inference images/s")
+
+
+def _run_table_rows(run: Run, label: str) -> list[dict]:
+    s = run.summary or {}
+    t = s.get("throughput") or {}
+    ci = t.get("ci95")
+    repeat = f"{run.repeat_index} of {run.config.get('repeats')}" if run.repeat_group else ""
+    interval = (repeats.WITHIN if ci else repeats.NONE if t else f"{repeats.NONE}: {repeats.OLD_RUN}"
+                if s.get("train_images_per_s") is not None else "")
+    out = [_row(run=label, repeat=repeat, variant="trained model", device=device_label(run) or "",
+                **{"train images/s": s.get("train_images_per_s"), "images/s 95 % low": ci[0] if ci else None,
+                   "images/s 95 % high": ci[1] if ci else None, "interval": interval,
+                   "throughput quality": quality_text(s), "step ms p50": s.get("step_ms_p50"),
+                   "accuracy %": _pct(s.get("test_accuracy")), "peak memory MB": s.get("peak_memory_mb"),
+                   "memory kind": s.get("memory_kind"), "train s": s.get("train_seconds"),
+                   "time to target s": s.get("time_to_target_s"), "params": s.get("params"),
+                   "nonzero params": s.get("nonzero_params"), "size MB": s.get("weights_mb")})]
+    for v in s.get("variants") or []:
+        out.append(_row(run=label, repeat=repeat, variant="  ↳ " + str(v.get("name", "variant")),
+                        device=v.get("device_label") or device_label(run) or "",
+                        **{"accuracy %": _pct(v.get("test_accuracy")), "params": v.get("params"),
+                           "nonzero params": v.get("nonzero_params"), "size MB": v.get("size_mb"),
+                           "latency ms p50": v.get("latency_ms_p50"), "latency ms p90": v.get("latency_ms_p90"),
+                           "inference images/s": v.get("throughput_images_per_s")}))
+    return out
+
+
+def _group_table_row(unit: list[Run], label: str) -> dict:
+    figures = repeats.unit_figures(unit)
+    f = figures["figures"]
+    speed = f["train_images_per_s"]
+    central = "MLPerf mean" if speed["mlperf"] else "mean"
+    s = unit[0].summary or {}
+    return _row(run=label, repeat=f"{central} of {figures['done']}", variant="trained model",
+                device=device_label(unit[0]) or "",
+                **{"train images/s": speed["value"],
+                   "images/s 95 % low": speed["ci95"][0] if speed["ci95"] else None,
+                   "images/s 95 % high": speed["ci95"][1] if speed["ci95"] else None,
+                   "interval": speed["basis"],
+                   "throughput quality": ("thin: " + ", ".join(f"#{i}" for i, _ in figures["thin"])
+                                          if figures["thin"] else figures["quality"]),
+                   "step ms p50": f["step_ms_p50"]["value"], "accuracy %": _pct(f["test_accuracy"]["value"]),
+                   "peak memory MB": f["peak_memory_mb"]["value"], "memory kind": s.get("memory_kind"),
+                   "train s": f["train_seconds"]["value"], "time to target s": f["time_to_target_s"]["value"],
+                   "params": s.get("params"), "nonzero params": s.get("nonzero_params"), "size MB": s.get("weights_mb")})
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -302,11 +488,13 @@ def devices(runs: list[Run]) -> list[str]:
 
 
 def sweeps(runs: list[Run]) -> dict[str, list[Run]]:
-    """sweep id -> its runs, newest sweep first (runs arrive newest first from store.list)."""
+    """sweep id -> its runs, newest sweep first (runs arrive newest first from store.list). The
+    repeats of a config queued on its own count as a sweep of one setting under their group id."""
     out: dict[str, list[Run]] = {}
     for run in runs:
-        if run.sweep_id:
-            out.setdefault(run.sweep_id, []).append(run)
+        key = run.sweep_id or run.repeat_group
+        if key:
+            out.setdefault(key, []).append(run)
     return out
 
 

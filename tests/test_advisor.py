@@ -52,6 +52,8 @@ def test_fp32_on_a_tensor_core_gpu_suggests_bf16_with_the_labelled_reference():
     a = rules_of(gpu_summary(), precision="fp32")["reduced_precision"]
     assert a.change == {"precision": "bf16"} and a.expected_factor == 2.2 and a.reference
     assert "H100" in a.prediction_source and "not a measurement of this run" in a.prediction_source
+    assert "plain-PyTorch reference runs" in a.prediction_source and "not OptLab runs" in a.prediction_source
+    assert a.expected_range == (1.0, 2.2) and "x1.0 to x2.2" in a.expected
     assert a.evidence["tensor_core_share"] == 0.0
     assert rules_of(gpu_summary(), device=V100, precision="fp32")["reduced_precision"].change == {"precision": "fp16"}
     assert "reduced_precision" not in rules_of(gpu_summary(), precision="bf16")
@@ -118,6 +120,11 @@ def test_try_it_queues_a_child_and_compares_prediction_with_measurement(store, m
     assert outcome["measured_factor"] == pytest.approx(
         child.summary["train_images_per_s"] / parent.summary["train_images_per_s"])
     assert outcome["same_device"] and outcome["device_label"].startswith("CPU")
+    assert outcome["predicted_range"] == pytest.approx((1.0, outcome["predicted_factor"]))
+    lo, hi = outcome["measured_ci95"]                               # single runs: within-run intervals
+    assert outcome["measured_basis"] == "within run" and lo <= outcome["measured_factor"] <= hi
+    expected = "above" if lo > outcome["predicted_range"][1] else "below" if hi < 1.0 else "inside"
+    assert outcome["position"] == expected and outcome["why"]
     assert advice_outcome(store, parent_id) is None                 # the parent tried nothing
 
 
@@ -126,3 +133,63 @@ def test_advice_without_a_change_cannot_be_tried(profiled):  # noqa: F811
     cpu = advise(run.summary, run.config, run.device)[0]
     with pytest.raises(ConfigError, match="no setting to try"):
         try_advice(store, run, cpu)
+
+
+# -- predicted range against the measured interval -------------------------------------------------------
+def finished(store, value, ci, **kw):
+    run_id = store.submit(tiny_config(), **kw)
+    store.finish(run_id, "done", summary={"device": "cpu", "device_label": "CPU: test", "train_images_per_s": value,
+                                          "throughput": {"ci95": ci, "quality": "solid"}})
+    return store.get(run_id)
+
+
+def tried(store, child_value, child_ci, *, reference=False):
+    parent = finished(store, 100.0, (98.0, 102.0))
+    advice = advisor.Advice("input_bound", "Feed the model faster", "why", {}, {"pipeline": "gpu"}, "up to x1.50",
+                            1.5, "train_images_per_s", "computed from this run", reference=reference)
+    child = try_advice(store, parent, advice)
+    store.finish(child, "done", summary={"device": "cpu", "device_label": "CPU: test",
+                                         "train_images_per_s": child_value,
+                                         "throughput": {"ci95": child_ci, "quality": "solid"}})
+    return advice_outcome(store, child)
+
+
+@pytest.mark.parametrize("value, ci, position", [
+    (120.0, (117.0, 123.0), "inside"),
+    (300.0, (290.0, 310.0), "above"),
+    (60.0, (58.0, 62.0), "below"),
+    (160.0, (140.0, 180.0), "inside"),     # the value is above x1.5, but its interval reaches into the range
+])
+def test_the_outcome_says_whether_the_measurement_fell_inside_above_or_below_the_range(store, value, ci, position):
+    outcome = tried(store, value, ci)
+    assert outcome["predicted_range"] == (1.0, 1.5) and outcome["position"] == position
+    assert outcome["measured_factor"] == pytest.approx(value / 100.0)
+    lo, hi = outcome["measured_ci95"]
+    assert lo < value / 100.0 < hi and outcome["measured_basis"] == "within run"
+
+
+def test_a_measurement_outside_the_range_says_why_that_can_happen(store):
+    above = tried(store, 300.0, (290.0, 310.0))
+    assert "bound computed from the parent's own figures" in above["why"]
+    assert "within-run and leaves out run-to-run noise" in above["why"]
+    below = tried(store, 60.0, (58.0, 62.0), reference=True)
+    assert "large model at 224 px on an H100" in below["why"]
+    assert tried(store, 120.0, (117.0, 123.0))["why"] == "The measurement fell inside the predicted range."
+
+
+def test_with_repeats_the_outcome_uses_the_interval_between_repeats(store):
+    from optlab import repeats
+    parents = repeats.submit(store, tiny_config(repeats=3))
+    for run_id, v in zip(parents, (98.0, 100.0, 102.0)):
+        store.finish(run_id, "done", summary={"device": "cpu", "device_label": "CPU: test", "train_images_per_s": v,
+                                              "throughput": {"ci95": (v - 1, v + 1), "quality": "solid"}})
+    advice = advisor.Advice("input_bound", "t", "w", {}, {"pipeline": "gpu"}, "up to x1.50", 1.5,
+                            "train_images_per_s", "computed from this run")
+    first = try_advice(store, store.get(parents[0]), advice)
+    children = repeats.members(store, store.get(first))
+    for child, v in zip(children, (118.0, 120.0, 122.0)):
+        store.finish(child.id, "done", summary={"device": "cpu", "device_label": "CPU: test", "train_images_per_s": v,
+                                                "throughput": {"ci95": (v - 1, v + 1), "quality": "solid"}})
+    outcome = advice_outcome(store, first)
+    assert outcome["measured_basis"] == "between repeats" and outcome["child_ids"] == [c.id for c in children]
+    assert outcome["measured_factor"] == pytest.approx(1.2) and outcome["position"] == "inside"

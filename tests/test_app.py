@@ -5,6 +5,7 @@ Fashion-MNIST slice), so their charts draw measured figures. The background sche
 off here (OPTLAB_SCHEDULER=0): these tests check what the pages queue and show; tests/test_browser.py
 runs the whole loop with the scheduler on.
 """
+import json
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -126,6 +127,31 @@ def test_lab_sweep_queues_one_run_per_combination(app, store):
     assert "4 runs" in at.success[0].value
 
 
+def test_lab_queues_repeats_as_one_group_and_a_sweeps_repeats_interleaved(app, store):
+    at = app()
+    knob(at, "number_input", "repeats").set_value(3)
+    by_label(at.button, "Launch run").click().run()
+    no_errors(at)
+    runs = store.list(newest_first=False)
+    assert [r.repeat_index for r in runs] == [1, 2, 3] and len({r.repeat_group for r in runs}) == 1
+    assert "the same settings 3 times" in at.success[0].value
+    at.selectbox(key="sweep_knob_1").select("precision")
+    at.text_input(key="sweep_values_1").input("fp32, bf16")
+    by_label(at.button, "Launch sweep").click().run()
+    no_errors(at)
+    sweep = store.list(sweep_id=store.list()[0].sweep_id, newest_first=False)
+    assert [(r.config["precision"], r.repeat_index) for r in sweep] == [
+        ("fp32", 1), ("bf16", 1), ("fp32", 2), ("bf16", 2), ("fp32", 3), ("bf16", 3)]
+    assert "2 settings × 3 repeats, interleaved" in at.success[0].value
+
+
+def test_repeats_outside_the_limit_are_refused_in_the_form(app, store):
+    at = app()
+    knob(at, "number_input", "repeats").set_value(21)
+    by_label(at.button, "Launch run").click().run()
+    assert "repeats must be a whole number 1..20" in at.error[0].value and store.list() == []
+
+
 def test_a_preset_fills_the_form(app):
     at = app()
     at.selectbox(key="lab_preset").select("speedrun").run()
@@ -208,7 +234,7 @@ def test_compare_page_draws_every_chart_for_the_sweep(app, trained_home):
     at.switch_page("app_pages/compare.py").run()
     no_errors(at)
     assert at.radio(key="compare_mode").value == "A sweep"
-    assert len(plotly_charts(at)) == 5                              # pareto, speed-up, curves, memory, parallel
+    assert len(plotly_charts(at)) == 6          # pareto, throughput, speed-up, memory, curves, parallel
     assert any("CPU figures" in i.value for i in at.info)
     table = at.dataframe[0].value
     assert list(table["variant"]) == ["trained model", "trained model"] and table["accuracy %"].notna().all()
@@ -289,3 +315,92 @@ def test_lab_offers_only_compression_that_can_run_here(app):
     assert "prune_unstructured" in offered and "int8_static" in offered
     assert "benchmark" not in offered and "prune_2to4" not in offered       # settings step; needs a GPU
     assert any("prune_2to4" in c.value for c in at.caption)
+
+
+# -- Compare with repeated runs ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def repeated_home(tmp_path_factory):
+    """A sweep of two settings that train the same way (only the accuracy target differs), each
+    repeated twice and interleaved, plus one run whose summary is stripped to what OptLab stored
+    before it kept per-step times."""
+    home = tmp_path_factory.mktemp("repeated")
+    store = Store(home)
+    base = tiny_config(limit_train=128, limit_test=64, batch_size=32, repeats=2)
+    sweep_id, ids = submit_sweep(store, expand(base, {"target_accuracy": [0.5, 0.6]}), user="ada")
+    old = store.submit(base.replace(repeats=1), user="ada")
+    for run_id in ids + [old]:
+        execute(store, run_id)
+    summary = store.get(old).summary
+    for key in ("throughput", "train_images_per_s_mean"):
+        summary.pop(key)
+    store.update(old, summary=summary)
+    assert [store.get(i).status for i in ids + [old]] == ["done"] * 5
+    return home, sweep_id, ids, old
+
+
+def markdown_text(at):
+    return " ".join(m.value for m in at.markdown)
+
+
+def test_compare_pools_repeats_and_says_in_words_whether_a_difference_is_noise(app, repeated_home):
+    home, sweep_id, ids, _ = repeated_home
+    at = app(home)
+    at.query_params["sweep"] = sweep_id
+    at.switch_page("app_pages/compare.py").run()
+    no_errors(at)
+    store = Store(home)
+    rows = views.figure_rows(sorted(store.list(sweep_id=sweep_id), key=lambda r: r.id))
+    assert [r["ids"] for r in rows] == [[ids[0], ids[2]], [ids[1], ids[3]]]     # one row per repeat group
+    [verdict] = views.speed_verdicts(rows, rows[0])
+    # the same training twice over two repeats each: t's wide interval cannot call it a difference
+    assert verdict["verdict"] == "within noise" and verdict["basis"] == "between repeats"
+    assert f"not distinguishable from {rows[0]['label']} at this spread" in verdict["text"]
+    assert verdict["text"] in markdown_text(at).replace("\\", "")
+    assert "between repeats" in " ".join(c.value for c in at.caption)
+    specs = {json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec) for c in plotly_charts(at)}
+    assert {"Speed vs accuracy", "Training throughput", "Training speed-up against " + rows[0]["label"],
+            "Peak memory during training", "Accuracy against training time", "From knobs to outcomes"} == set(specs)
+    speedup = specs["Training speed-up against " + rows[0]["label"]]["data"][0]
+    assert speedup["error_y"]["array"][1] is not None                 # the non-baseline bar has its interval
+    assert specs["Training throughput"]["data"][0]["error_y"]["visible"]
+    table = at.dataframe[0].value
+    assert list(table["repeat"]) == ["1 of 2", "2 of 2", "mean of 2", "1 of 2", "2 of 2", "mean of 2"]
+    assert list(table["interval"])[2] == "between repeats" and list(table["interval"])[0] == "within run"
+    quality = {r.id: r.summary["throughput"]["quality"] for r in store.list(sweep_id=sweep_id)}
+    for run_id, text in zip([ids[0], ids[2], ids[1], ids[3]], list(table["throughput quality"])[:2] + list(
+            table["throughput quality"])[3:5]):
+        assert text.startswith("thin") == (quality[run_id] == "thin")
+    if "thin" in quality.values():
+        assert any("Thin measurement" in w.value for w in at.warning)
+
+
+def test_compare_renders_a_run_recorded_before_intervals_and_says_it_has_none(app, repeated_home):
+    home, _, ids, old = repeated_home
+    at = app(home)
+    at.switch_page("app_pages/compare.py").run()
+    at.radio(key="compare_mode").set_value("Runs I pick").run()
+    at.multiselect(key="compare_ids").set_value([ids[0], old]).run()
+    no_errors(at)
+    assert "cannot tell whether this is a difference" in markdown_text(at).replace("\\", "")
+    assert any("No interval for" in c.value and "per-step times" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert list(table["throughput quality"])[1].startswith("no interval")
+
+
+def test_runs_page_shows_a_repeat_with_its_group_and_marks_thin_figures(app, repeated_home):
+    home, _, ids, old = repeated_home
+    at = app(home)
+    at.switch_page("app_pages/runs.py").run()
+    at.selectbox(key="runs_selected").set_value(ids[2]).run()
+    no_errors(at)
+    history = at.dataframe[0].value
+    run = Store(home).get(ids[2])
+    row = history[history["id"] == ids[2]].iloc[0]
+    assert row["repeat"] == "2 of 2" and row["throughput"] == views.quality_text(run.summary)
+    assert history[history["id"] == old].iloc[0]["throughput"].startswith("no interval")
+    assert any(f"Repeat 2 of 2" in m.value for m in at.markdown)
+    [group] = [d.value for d in at.dataframe if "figure" in d.value.columns]
+    assert "training throughput (images/s)" in list(group["figure"]) and set(group["n"]) == {2}
+    assert any("within-run interval" in c.value for c in at.caption)
+    if run.summary["throughput"]["quality"] == "thin":
+        assert any("Thin measurement" in w.value for w in at.warning)

@@ -131,3 +131,49 @@ def test_launch_watch_and_compare_a_tiny_cpu_run(server, tmp_path, isolated_home
     assert run.status == "done" and run.user == "browser test"
     assert (run.config["limit_train"], run.config["epochs"], run.config["batch_size"]) == (512, 1, 64)
     assert run.summary["device"] == "cpu" and run.summary["train_images_per_s"] > 0
+
+
+def test_compare_with_repeated_runs_shows_error_bars_and_the_noise_verdict(server, tmp_path, isolated_home):
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import tiny_config
+    from optlab import views
+    from optlab.store import Store
+    from optlab.sweeps import expand, submit_sweep
+
+    # Two settings that train identically (only the accuracy target differs), two repeats each,
+    # queued interleaved; the server's scheduler (started by the first page view) runs them.
+    store = Store(isolated_home)
+    base = tiny_config(limit_train=128, limit_test=64, batch_size=32, repeats=2)
+    sweep_id, ids = submit_sweep(store, expand(base, {"target_accuracy": [0.5, 0.6]}), user="browser test")
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(server)
+            expect(page.get_by_role("heading", name="Lab", exact=True)).to_be_visible()
+            deadline = time.monotonic() + 400
+            while any(store.get(i).status in ("queued", "running") for i in ids):
+                assert time.monotonic() < deadline, [(i, store.get(i).status) for i in ids]
+                time.sleep(1)
+            runs = [store.get(i) for i in ids]
+            assert [r.status for r in runs] == ["done"] * 4, [r.error for r in runs]
+            assert sorted(runs, key=lambda r: r.started_at) == runs        # run in the interleaved order
+            rows = views.figure_rows(sorted(runs, key=lambda r: r.id))
+            [verdict] = views.speed_verdicts(rows, rows[0])
+
+            page.goto(f"{server.rstrip('/')}/compare?sweep={sweep_id}")
+            expect(page.get_by_role("heading", name="Is it a difference?")).to_be_visible()
+            # the same training twice: the page says so in words, naming the baseline
+            expect(page.get_by_text(f"not distinguishable from {rows[0]['label']} at this spread")).to_be_visible()
+            assert verdict["verdict"] == "within noise"
+            expect(page.locator(".js-plotly-plot")).to_have_count(6)
+            # error bars drawn by Plotly: the throughput, speed-up and memory charts
+            for title in ("Training throughput", "Training speed-up against", "Peak memory during training"):
+                chart = page.locator(".js-plotly-plot", has_text=title)
+                expect(chart.locator("path.yerror").first).to_be_attached()
+            shoot(page, "compare-repeats.png", tmp_path)
+        finally:
+            browser.close()

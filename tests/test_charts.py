@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from optlab import charts
+from optlab import charts, stats
 
 CPU = "CPU: test processor (2 threads)"
 GPU = "GPU: NVIDIA H100 80GB HBM3"
@@ -91,6 +91,96 @@ def test_parallel_coordinates_map_knobs_to_categories_and_outcomes_with_units():
     assert [dims[0].ticktext[v] for v in dims[0].values] == ["128", "64", "512", "auto"]
     assert list(dims[3].values) == pytest.approx([90.0, 89.0, 85.0, 92.0])
     assert CPU in fig.layout.title.subtitle.text
+
+
+# -- intervals: error bars, verdict colours, repeats ---------------------------------------------------
+def timed(label, ips, ci=None, values=None, thin=False, mem=900.0, mem_ci=None, rid=None):
+    return dict(row(label, ips, 0.9, mem), id=rid, train_images_per_s_ci95=ci, train_images_per_s_values=values,
+                peak_memory_mb_ci95=mem_ci, thin=thin, thin_why="6 steady steps (fewer than 10)" if thin else None)
+
+
+def test_speedup_bars_carry_the_ratio_interval_and_are_coloured_by_the_verdict():
+    base = timed("#1 base", 100.0, (95.0, 105.0), rid=1)
+    same = timed("#2 same", 101.0, (96.0, 106.0), rid=2)
+    fast = timed("#3 fast", 200.0, (190.0, 210.0), rid=3)
+    old = timed("#4 old run", 150.0, None, rid=4)
+    fig = charts.speedup_bars([base, same, fast, old], base)
+    bars = fig.data[0]
+    expected = [stats.ratio_interval(r["train_images_per_s"], r["train_images_per_s_ci95"], 100.0, (95.0, 105.0))
+                for r in (same, fast)]
+    plus, minus = list(bars.error_y.array), list(bars.error_y.arrayminus)
+    assert plus[0] is None and plus[3] is None                        # the baseline itself; no interval
+    for i, (ratio, lo, hi) in zip((1, 2), expected):
+        assert bars.y[i] == pytest.approx(ratio)
+        assert plus[i] == pytest.approx(hi - ratio) and minus[i] == pytest.approx(ratio - lo)
+    assert list(bars.marker.color) == [charts.VERDICT_COLOURS[v] for v in
+                                       ("baseline", "within noise", "better", "no interval")]
+    assert [c[1] for c in bars.customdata] == ["the baseline", "within noise", "faster, beyond noise",
+                                               "no interval: cannot tell"]
+
+
+def test_an_unbounded_speedup_interval_runs_off_the_axis_instead_of_flattening_the_bars():
+    base = timed("#1 base", 100.0, (0.0, 220.0), rid=1)             # two repeats far apart
+    other = timed("#2", 120.0, (110.0, 130.0), rid=2)
+    fig = charts.speedup_bars([base, other], base)
+    bars = fig.data[0]
+    assert bars.customdata[1][2] == "unbounded" and bars.customdata[1][1] == "within noise"
+    top = fig.layout.yaxis.range[1]
+    assert 1.2 <= top < 2 and bars.error_y.array[1] > top            # the axis follows the bars
+    assert [t.name for t in fig.data[1:]] == ["within noise", "the baseline"]   # the colour key
+
+
+def test_throughput_bars_draw_the_interval_each_repeat_and_hatch_thin_runs():
+    rows = [timed("#1 (3 repeats)", 100.0, (80.0, 120.0), values=[90.0, 100.0, 110.0]),
+            timed("#4", 150.0, (140.0, 160.0), thin=True)]
+    fig = charts.throughput_bars(rows)
+    bars, dots = fig.data
+    assert list(bars.y) == [100.0, 150.0]
+    assert list(bars.error_y.array) == pytest.approx([20.0, 10.0])
+    assert list(bars.error_y.arrayminus) == pytest.approx([20.0, 10.0])
+    assert list(dots.x) == ["#1 (3 repeats)"] * 3 and list(dots.y) == [90.0, 100.0, 110.0]
+    assert list(bars.marker.pattern.shape) == ["", "/"]
+    assert "thin: 6 steady steps" in bars.customdata[1][2]
+
+
+def test_memory_bars_draw_error_bars_only_where_a_spread_exists():
+    rows = [timed("#1 (3 repeats)", 100.0, mem=900.0, mem_ci=(850.0, 950.0)), timed("#4", 100.0, mem=600.0)]
+    bars = charts.memory_bars(rows).data[0]
+    assert list(bars.error_y.array) == [pytest.approx(50.0), None] and bars.error_y.visible
+    assert not charts.memory_bars([timed("#4", 100.0)]).data[0].error_y.visible
+
+
+def test_pareto_scatter_draws_throughput_and_accuracy_intervals():
+    r = dict(timed("#1", 100.0, (90.0, 115.0)), test_accuracy_ci95=(0.88, 0.92))
+    points = charts.pareto_scatter([r]).data[0]
+    assert list(points.error_x.array) == pytest.approx([15.0]) and list(points.error_x.arrayminus) == pytest.approx([10.0])
+    assert list(points.error_y.array) == pytest.approx([2.0])       # accuracy in %
+
+
+def test_parallel_coordinates_show_compression_steps_as_a_knob():
+    from optlab import views
+    from optlab.store import Run
+    from conftest import tiny_config
+    steps = [{"method": "prune_unstructured", "sparsity": 0.5}, {"method": "int8_static"}, {"method": "bf16"}]
+    runs = [Run(id=i, status="done", created_at=0.0, config=tiny_config(compress=c).to_dict(),
+                summary={"train_images_per_s": 100.0 + i, "test_accuracy": 0.8, "peak_memory_mb": 500.0})
+            for i, c in ((1, []), (2, steps))]
+    knobs = views.varying_knobs(runs)
+    assert knobs == ["compress"]
+    fig = charts.parallel_knobs(views.figure_rows(runs), [(f"knob:{k}", k) for k in knobs],
+                                [("train_images_per_s", "throughput (images/s)")])
+    axis = fig.data[0].dimensions[0]
+    assert sorted(axis.ticktext) == ["no compression", "prune_unstructured+int8_static+bf16"]
+
+
+def test_accuracy_curves_of_one_repeat_group_share_a_colour_and_a_legend_entry():
+    epochs = [{"cumulative_train_seconds": 1.0, "test_accuracy": 0.5}]
+    fig = charts.accuracy_curves([{"label": "#1", "group": "A (2 repeats)", "epochs": epochs},
+                                  {"label": "#3", "group": "A (2 repeats)", "epochs": epochs},
+                                  {"label": "#2", "epochs": epochs}])
+    a1, a2, b = fig.data
+    assert a1.line.color == a2.line.color != b.line.color
+    assert (a1.showlegend, a2.showlegend, b.showlegend) == (True, False, True) and a1.name == "A (2 repeats)"
 
 
 def test_live_progress_chart_has_loss_and_throughput_panels():

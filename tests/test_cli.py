@@ -76,3 +76,32 @@ def test_submit_takes_the_same_compression_flags_as_run(tmp_path):
     assert run.status == "queued" and run.user == "ada"
     methods = [s["method"] for s in run.config["compress"]]
     assert "prune_unstructured" in methods and "int8_static" in methods
+
+
+def test_run_with_repeats_prints_one_object_with_every_repeat_the_central_value_and_the_spread(tmp_path):
+    out = optlab("run", "--device", "cpu", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32",
+                 "--epochs", "1", "--workers", "0", "--no-profile", "--repeats", "3", "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)                       # one JSON object, nothing else on stdout
+    runs = Store(tmp_path).list(newest_first=False)
+    assert result["ids"] == [r.id for r in runs] and len(runs) == 3
+    assert [r["repeat_index"] for r in result["repeats"]] == [1, 2, 3]
+    assert {r.repeat_group for r in runs} == {result["repeat_group"]}
+    speed = result["figures"]["train_images_per_s"]
+    per_run = [r["train_images_per_s"] for r in result["repeats"]]
+    assert speed["values"] == per_run and speed["n"] == 3
+    assert speed["value"] == pytest.approx(sum(per_run) / 3)
+    assert speed["ci95"][0] <= speed["value"] <= speed["ci95"][1] and speed["basis"] == "between repeats"
+    assert speed["cv"] is not None and result["status"] == "done" and result["device"] == "cpu"
+    for key in ("step_ms_p50", "peak_memory_mb", "test_accuracy", "time_to_target_s"):
+        assert key in result["figures"]
+    shown = optlab("show", str(runs[1].id), home=tmp_path)
+    assert "repeats" in shown.stdout and "95 % interval between repeats" in shown.stdout
+
+
+def test_show_marks_a_thin_throughput(cli_run):
+    home, out = cli_run
+    result = json.loads(out.stdout)
+    shown = optlab("show", str(result["id"]), home=home).stdout
+    assert "95 % within-run interval" in shown
+    assert ("THIN:" in shown) == (result["summary"]["throughput"]["quality"] == "thin")

@@ -69,6 +69,29 @@ def test_try_it_queues_the_child_run(page_home, monkeypatch):
     assert f"#{children[0].id}" in _text(at)                   # listed under "Tried"
 
 
+def test_a_tried_advice_shows_the_range_the_measured_interval_and_where_it_fell(page_home, monkeypatch):
+    store, run_id = page_home
+    monkeypatch.setattr(advisor, "INPUT_WAIT_SHARE", 0.0)
+    at = _open(run_id)
+    assert "Source: computed from this run" in _text(at)      # every prediction names its source
+    next(b for b in at.button if b.label.startswith("Try it")).click().run()
+    [child] = [r for r in store.list() if r.parent_id == run_id]
+    parent = store.get(run_id).summary
+    # The child's figures as its worker would write them, set to twice the top of the predicted range
+    # with a tight interval, so the outcome must land above the range.
+    top = store.metrics(child.id, "advice")[0]["expected_range"][1]
+    speed = 2 * top * parent["train_images_per_s"]
+    store.finish(child.id, "done", summary={**parent, "train_images_per_s": speed,
+                                            "throughput": {**parent["throughput"], "ci95": (0.99 * speed, 1.01 * speed)}})
+    outcome = advisor.advice_outcome(store, child.id)
+    at = _open(run_id)
+    assert not at.exception
+    text = _text(at)
+    assert outcome["position"] == "above" and "above" in text and "the predicted range" in text
+    assert f"x{outcome['predicted_range'][1]:.2f}" in text.replace("\\", "")
+    assert outcome["why"] in text
+
+
 def _subtitles(figures) -> list[str]:
     return [f.layout.title.subtitle.text for f in figures.values()]
 
