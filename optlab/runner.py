@@ -19,7 +19,9 @@ from optlab import device as devices
 from optlab.batchsize import BatchSearch, search_batch_size
 from optlab.config import ConfigError, RunConfig
 from optlab.data import DataError, load_dataset
+from optlab.hostload import HostWatch, ThreadPlan, apply_plan, plan_for
 from optlab.measure import peak_memory, percentile, reset_peak_memory
+from optlab.memory import PhasePeak
 from optlab.models import MODELS, build_model, count_parameters
 from optlab.pipeline import make_pipeline, memory_format, normalisation, to_model_input
 from optlab.stats import throughput_figures
@@ -35,9 +37,10 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> dict | None:
+            should_stop: Callable[[], bool] | None = None, threads: ThreadPlan | None = None) -> dict | None:
     """Run `run_id` to the end and leave it done, failed or cancelled, with the reason.
-    Returns the summary of a finished run, None otherwise."""
+    Returns the summary of a finished run, None otherwise. `threads` is the worker's CPU plan;
+    without one (the CLI's in-process run) it is made here from the cores this process may use."""
     run = store.get(run_id)
     cfg = run.run_config
     batch_size = cfg.batch_size
@@ -47,7 +50,8 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
         cfg.validate(info)
         store.update(run_id, status="running", device=info.to_dict(),
                      started_at=run.started_at or time.time())
-        summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop)
+        cfg, threads = use_cpu_plan(store, run_id, cfg, threads)
+        summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
         store.finish(run_id, "done", summary=summary)
         return summary
     except RunCancelled:
@@ -75,7 +79,18 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
     return None
 
 
-def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop) -> dict:
+def use_cpu_plan(store, run_id: int, cfg: RunConfig, plan: ThreadPlan | None) -> tuple[RunConfig, ThreadPlan]:
+    """Apply the CPU plan (intra-op threads; loader workers through the config the pipeline reads)
+    and say on the run when it gave the loader fewer workers than asked for."""
+    plan = apply_plan(plan or plan_for(cfg))
+    if plan.note:
+        store.add_event(run_id, plan.note)
+    if cfg.pipeline == "cpu" and cfg.num_workers != plan.loader_workers:
+        cfg = cfg.replace(num_workers=plan.loader_workers)
+    return cfg, plan
+
+
+def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop, threads=None) -> dict:
     progress = on_progress or (lambda state: None)
     torch.manual_seed(cfg.seed)
     progress({"phase": "load data"})
@@ -119,12 +134,14 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
         store.add_event(run_id, f"no profile: {len(train_batches)} steps an epoch are too few for warm-up "
                                 f"plus a {PROFILE_WINDOW_STEPS}-step window inside one epoch")
 
-    reset_peak_memory(device)
+    peak, host = PhasePeak(device).start(), HostWatch(threads).start()
     result = train(trained, train_batches, test_batches, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
                    optimizer=optimizer, scheduler=scheduler, precision=precision, device=device,
                    warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop,
                    sync_debug=os.environ.get("OPTLAB_SYNC_DEBUG") or None)
-    memory = peak_memory(device)
+    memory, host = peak.figures(), host.finish()
+    if host["disturbed"]:
+        store.add_event(run_id, f"measurement disturbed: {host['reason']}", level="warning")
     store.add_metrics(run_id, "epoch", [vars(e) for e in result.epochs], [e.epoch for e in result.epochs])
     s = result.steady
     store.add_metric(run_id, "step_times", {"step_ms": s.step_ms, "images": s.step_images,
@@ -134,7 +151,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
     weights = store.artifacts_dir(run_id) / "model.pt"
     torch.save(model.state_dict(), weights)
     summary = summarize(cfg, result, memory, info, batch_size, search, ds)
-    summary.update(params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
+    summary.update(host=host, params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
                    weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,
                    trace_dir=str(window.trace_dir) if window and window.trace_files else None)
     if window is not None and window.profiler_result is not None:
@@ -183,6 +200,7 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
     accuracies = [e.test_accuracy for e in result.epochs]
     reached = next((e.cumulative_train_seconds for e in result.epochs if e.test_accuracy >= cfg.target_accuracy), None)
     applies = ds.accuracy_applies
+    on_cpu = memory["device_peak_allocated_mb"] is None
     return {
         "device": info.kind,
         "device_name": info.name,
@@ -208,9 +226,11 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
         "input_wait_ms_p50": percentile(s.input_wait_ms, 50),
         "forward_backward_ms_p50": percentile(s.forward_backward_ms, 50),
         "optimizer_ms_p50": percentile(s.optimizer_ms, 50),
-        "peak_memory_mb": memory["allocated_mb"],
-        "peak_reserved_mb": memory["reserved_mb"],
-        "memory_kind": memory["kind"],
+        "memory": memory,                              # every figure with its label (optlab.memory)
+        # the headline figure under the keys older readers use: the GPU allocator's, else the process's
+        "peak_memory_mb": memory["process_peak_mb"] if on_cpu else memory["device_peak_allocated_mb"],
+        "peak_reserved_mb": memory["device_peak_reserved_mb"],
+        "memory_kind": "host_rss" if on_cpu else "cuda_allocator",
         "accuracy_applies": applies,
         "test_accuracy": accuracies[-1] if applies and accuracies else None,
         "best_test_accuracy": max(accuracies) if applies and accuracies else None,

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, fields
 
 from optlab.config import ConfigError, RunConfig, parse_batch_size
+from optlab.memory import headline_memory
 from optlab.store import Run
 
 
@@ -174,14 +175,14 @@ def headline(run: Run) -> list[tuple[str, str, str]]:
 
     def fmt(value, pattern):
         return "n/a" if value is None else pattern.format(value)
-    memory = "GPU allocator peak" if s.get("memory_kind") == "cuda_allocator" else "peak resident memory of the process"
+    peak_mb, memory = headline_memory(s)
     accuracy = (fmt(_pct(s.get("test_accuracy")), "{:.2f} %") if s.get("accuracy_applies", True)
                 else "n/a (random labels)")
     return [
         ("Training speed", fmt(s.get("train_images_per_s"), "{:,.0f} img/s"),
          "steady-state steps only: warm-up and profiled steps left out"),
         ("Test accuracy", accuracy, "top-1 on the held-out test images after training"),
-        ("Peak memory", fmt(s.get("peak_memory_mb"), "{:,.0f} MB"), memory),
+        ("Peak memory", fmt(peak_mb, "{:,.0f} MB"), memory),
         ("Training time", fmt(s.get("train_seconds"), "{:,.1f} s"),
          "wall time of the training epochs, evaluation excluded"),
     ]
