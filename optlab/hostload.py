@@ -223,7 +223,8 @@ class CpuSnapshot:
 
 
 def host_record(before: CpuSnapshot, after: CpuSnapshot, cpus: int, budget: int | None = None,
-                plan: ThreadPlan | None = None, threshold: float = OTHERS_SHARE) -> dict:
+                plan: ThreadPlan | None = None, threshold: float = OTHERS_SHARE,
+                during: str = "while it trained") -> dict:
     """What the host did while the run trained, and whether that disturbed the measurement.
 
     Other processes' CPU time on the run's `cpus` CPUs is the CPUs' busy time minus this process
@@ -246,7 +247,7 @@ def host_record(before: CpuSnapshot, after: CpuSnapshot, cpus: int, budget: int 
     if on_run_cores > threshold:
         out["disturbed"] = True
         out["reason"] = (f"other processes took {100 * on_run_cores:.0f} % of the {budget} core(s) this run may use "
-                         f"while it trained (more than {100 * threshold:.0f} %): its speed figures are probably low; "
+                         f"{during} (more than {100 * threshold:.0f} %): its speed figures are probably low; "
                          "run it again on a quieter machine")
     return out
 
@@ -254,8 +255,8 @@ def host_record(before: CpuSnapshot, after: CpuSnapshot, cpus: int, budget: int 
 class HostWatch:
     """Snapshots of the run's CPUs around a phase: `start()` before it, `finish()` after."""
 
-    def __init__(self, plan: ThreadPlan | None = None):
-        self.plan = plan
+    def __init__(self, plan: ThreadPlan | None = None, during: str = "while it trained"):
+        self.plan, self.during = plan, during
         self.cpus = affinity_cpus()
         self.before: CpuSnapshot | None = None
 
@@ -265,4 +266,4 @@ class HostWatch:
 
     def finish(self) -> dict:
         return host_record(self.before, CpuSnapshot.take(self.cpus), len(self.cpus),
-                           self.plan.cores if self.plan else None, self.plan)
+                           self.plan.cores if self.plan else None, self.plan, during=self.during)

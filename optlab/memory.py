@@ -4,9 +4,9 @@ A run reports up to four figures, each with its label stored beside it (LABELS),
 shows two different numbers under the same name:
 
 * process peak — the training process's largest resident set during the phase;
-* process tree peak — the training process plus its DataLoader workers, each at its own peak
-  (pages shared after fork are counted in every process, as `ps` and the telemetry chart count
-  them);
+* process tree peak — the largest summed resident set of the training process and its
+  DataLoader workers, sampled during the phase the way the telemetry chart samples it (pages
+  shared after fork count in every process, as `ps` counts them);
 * device peak allocated / reserved — the CUDA caching allocator's peaks during the phase.
 
 `ru_maxrss` only grows, so an earlier phase (the batch-size search, a larger trial batch) would
@@ -20,13 +20,18 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import threading
+import weakref
 from pathlib import Path
+
+TREE_EVERY_S = 0.25    # sampling period of the process tree's resident memory
 
 LABELS = {
     "process_peak_mb": "process peak RSS: the training process's largest resident memory during training "
                        "(data set, model, Python and PyTorch included; loader workers not)",
-    "process_tree_peak_mb": "process tree peak RSS: the training process plus its DataLoader workers, each at its "
-                            "own peak during training (shared pages counted in each, as the telemetry chart does)",
+    "process_tree_peak_mb": "process tree peak RSS: the training process plus its DataLoader workers, the largest "
+                            "sum of their resident memory sampled every 0.25 s during training, as the telemetry "
+                            "chart sums it (shared pages counted in each process; never less than the process peak)",
     "device_peak_allocated_mb": "GPU peak allocated: the most tensor memory the CUDA caching allocator handed out "
                                 "during training",
     "device_peak_reserved_mb": "GPU peak reserved: the most memory the CUDA caching allocator held from the driver "
@@ -75,12 +80,28 @@ def process_peak_mb(reset_done: bool) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss: peak since the process started"
 
 
-def children_peak_mb(pid: int | None = None) -> float:
-    """Sum of the peak resident sets of this process's live descendants (loader workers)."""
-    from optlab.hostload import descendants
-    total = 0
-    for child in descendants(pid or os.getpid()):
-        total += _status_kb("VmHWM", child) or 0
+def _children(pid: int | str) -> list[int]:
+    """Direct children of `pid`, from every thread's /proc/PID/task/TID/children."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def tree_rss_mb(pid: int | None = None) -> float:
+    """Summed resident memory of `pid` (default: this process) and all its descendants, now."""
+    todo, total = [pid or os.getpid()], 0
+    while todo:
+        p = todo.pop()
+        total += _status_kb("VmRSS", p) or 0
+        todo += _children(p)
     return total / 1024
 
 
@@ -92,9 +113,13 @@ class PhasePeak:
         memory = peak.figures()
     """
 
-    def __init__(self, device):
+    def __init__(self, device, tree: bool = False):
         self.device = device
         self.reset_done = False
+        self.tree = tree                  # sample the process tree (a thread; training only)
+        self.tree_peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> "PhasePeak":
         release_freed_memory()
@@ -102,15 +127,23 @@ class PhasePeak:
         if self.device.type == "cuda":
             import torch
             torch.cuda.reset_peak_memory_stats(self.device)
+        if self.tree:
+            # The thread holds only a weak reference: a phase that ends in an exception (out of
+            # memory, a cancel) never reads its figures, and its sampler then stops by itself.
+            self._thread = threading.Thread(target=_sample_tree, args=(weakref.ref(self), self._stop),
+                                            name="memory-tree", daemon=True)
+            self._thread.start()
         return self
-
-    def process_peak_mb(self) -> float:
-        return process_peak_mb(self.reset_done)[0]
 
     def figures(self) -> dict:
         """Every figure of the phase with its label (None where it does not apply)."""
         own, method = process_peak_mb(self.reset_done)
-        out = {"process_peak_mb": own, "process_tree_peak_mb": own + children_peak_mb(),
+        tree = None
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            tree = max(self.tree_peak_mb, tree_rss_mb(), own)
+        out = {"process_peak_mb": own, "process_tree_peak_mb": tree,
                "device_peak_allocated_mb": None, "device_peak_reserved_mb": None,
                "process_peak_method": method}
         if self.device.type == "cuda":
@@ -119,6 +152,17 @@ class PhasePeak:
             out["device_peak_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
         out["labels"] = {k: LABELS[k] for k in LABELS if out[k] is not None}
         return out
+
+
+def _sample_tree(ref, stop: threading.Event) -> None:
+    while not stop.is_set():
+        rss = tree_rss_mb()
+        peak = ref()
+        if peak is None:
+            return
+        peak.tree_peak_mb = max(peak.tree_peak_mb, rss)
+        del peak
+        stop.wait(TREE_EVERY_S)
 
 
 def headline_memory(summary: dict) -> tuple[float | None, str]:

@@ -134,7 +134,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
         store.add_event(run_id, f"no profile: {len(train_batches)} steps an epoch are too few for warm-up "
                                 f"plus a {PROFILE_WINDOW_STEPS}-step window inside one epoch")
 
-    peak, host = PhasePeak(device).start(), HostWatch(threads).start()
+    peak, host = PhasePeak(device, tree=True).start(), HostWatch(threads).start()
     result = train(trained, train_batches, test_batches, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
                    optimizer=optimizer, scheduler=scheduler, precision=precision, device=device,
                    warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop,

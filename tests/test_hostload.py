@@ -38,6 +38,7 @@ def test_the_schedulers_share_in_omp_num_threads_is_the_budget(monkeypatch):
 
 def test_the_worker_sizes_the_openmp_pool_to_the_plan_before_torch_loads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")                    # the scheduler's share for this slot
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)          # restored after the test
     plan = _set_threads(tiny_config(pipeline="cpu", num_workers=2))
     assert (plan.cores, plan.loader_workers, plan.intra_op_threads) == (2, 1, 1)
     assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"

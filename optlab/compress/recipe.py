@@ -242,7 +242,8 @@ def _time_by_device(store, run_id: int, recorder: Recorder, entries: list[dict])
         settings = recorder.ctx.bench
         store.add_event(run_id, f"timing {len(group)} model(s) on {kind.upper()} together: {settings['rounds']} "
                                 "interleaved rounds (baseline first in each)")
-        watch = HostWatch(plan_threads(torch.get_num_threads(), "gpu", 0, "torch threads")).start()
+        watch = HostWatch(plan_threads(torch.get_num_threads(), "gpu", 0, "torch threads"),
+                          during="while its variants were timed").start()
         try:
             recorder.time_together([(e["variant"], e["record"]) for e in group])
         except Exception as e:   # a variant that evaluated but cannot be timed: say so on every record of the device
