@@ -135,13 +135,22 @@ def _input_bound(e: Evidence):
     wait = e.summary.get("input_wait_share")
     if wait is None or wait < INPUT_WAIT_SHARE:
         return None
-    if e.config.get("pipeline") == "cpu" and e.config.get("dataset") != "imagefolder":
+    evidence = {"input_wait_share": wait, "input_wait_ms_p50": e.summary.get("input_wait_ms_p50"),
+                "step_ms_p50": e.summary.get("step_ms_p50"), "pipeline": e.config.get("pipeline"),
+                "num_workers": e.config.get("num_workers")}
+    if e.config.get("pipeline") == "gpu":
+        return _device_input(e, wait, evidence)
+    if e.config.get("dataset") != "imagefolder":
         change = {"pipeline": "gpu"}
         how = ("hold the data set on the device and augment whole batches there (the 'gpu' pipeline; on a "
                "CPU run, one in-memory tensor instead of per-sample transforms)")
     else:
-        workers = int(e.config.get("num_workers") or 0)
-        more = min(max(2, 2 * workers), os.cpu_count() or 2)
+        # The workers the run really had (the CPU plan may have given fewer than asked), and no
+        # more than the cores leave beside one training thread.
+        threads = (e.summary.get("host") or {}).get("threads") or {}
+        workers = int(threads.get("loader_workers", e.config.get("num_workers") or 0))
+        cores = threads.get("cores") or os.cpu_count() or 2
+        more = min(max(2, 2 * workers), cores - 1 if e.summary.get("device") == "cpu" else cores)
         if more <= workers:
             return None
         change = {"num_workers": more}
@@ -150,12 +159,33 @@ def _input_bound(e: Evidence):
     return Advice(
         "input_bound", "Feed the model faster",
         f"{100 * wait:.0f} % of each steady-state step was spent waiting for the next batch; {how}.",
-        {"input_wait_share": wait, "input_wait_ms_p50": e.summary.get("input_wait_ms_p50"),
-         "step_ms_p50": e.summary.get("step_ms_p50"), "pipeline": e.config.get("pipeline"),
-         "num_workers": e.config.get("num_workers")},
-        change, f"up to x{bound:.2f} throughput", bound, "train_images_per_s",
+        evidence, change, f"up to x{bound:.2f} throughput", bound, "train_images_per_s",
         f"computed from this run: the bound if the {100 * wait:.0f} % input wait disappears entirely",
         device=e.summary.get("device", ""))
+
+
+def _device_input(e: Evidence, wait: float, evidence: dict) -> Advice:
+    """The gpu pipeline has no loader workers: its input work (gather, per-sample augmentation,
+    resize, normalise) is kernels on the run's device between the steps. What applies is making
+    those kernels cheaper; turning augmentation off measures what it costs."""
+    where = "GPU" if e.on_gpu else "CPU (this run's device)"
+    size = e.config.get("image_size")
+    resize = f"; it also resizes every batch to {size} px there" if size else ""
+    why = (f"{100 * wait:.0f} % of each steady-state step went to preparing the next batch. With the 'gpu' pipeline "
+           f"that is not a loader waiting: the batch is gathered, augmented and normalised by kernels on the {where}"
+           f"{resize}, so DataLoader workers would change nothing. ")
+    if e.config.get("augment", True):
+        why += ("A run without augmentation shows what the on-device augmentation costs (it may cost accuracy); the "
+                "Profile page lists the input kernels.")
+        change = {"augment": False}
+        expected = "no prediction: measures the augmentation's share of the input time"
+    else:
+        why += "Augmentation is already off: the Profile page shows which input kernels take the time."
+        change = {}
+        expected = "nothing to try automatically"
+    return Advice("input_bound", "Input work runs on the device", why, evidence, change, expected, None,
+                  "train_images_per_s", "no prediction: the input kernels' share depends on the model and image size",
+                  device=e.summary.get("device", ""))
 
 
 @rule("reduced_precision")

@@ -21,17 +21,17 @@ import math
 FONT_SIZE = 15          # readable on a workshop projector
 PALETTE = ("#3B7DD8", "#E8743B", "#19A979", "#ED4A7B", "#945ECF", "#13A4B4", "#525DF4", "#BF399E",
            "#6C8893", "#EE6868", "#2F6497", "#F6AB2F")
-MEMORY_KINDS = {"cuda_allocator": "GPU allocator peak", "host_rss": "process peak RSS (host)"}
+MEMORY_KINDS = {"cuda_allocator": "GPU peak allocated", "host_rss": "process peak RSS (host, training)"}
 
 # Telemetry series (optlab.telemetry's row keys) the live chart draws when present: (key, title,
 # unit). NVML fields are read one by one, so a GPU without a power sensor still gets the others;
 # the worker process's own CPU and memory are sampled on every machine.
 TELEMETRY_SERIES = (
     ("gpu_util_pct", "GPU utilisation", "%"),
-    ("mem_used_mb", "GPU memory used", "MB"),
+    ("mem_used_mb", "GPU memory used by every process (NVML)", "MB"),
     ("power_w", "GPU power draw", "W"),
     ("cpu_pct", "Worker CPU (100 % = one core)", "%"),
-    ("rss_mb", "Worker memory (RSS)", "MB"),
+    ("rss_mb", "Process tree memory: worker + loader workers (RSS)", "MB"),
 )
 
 

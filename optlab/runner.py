@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import time
 import traceback
 from typing import Callable
@@ -16,10 +17,12 @@ from typing import Callable
 import torch
 
 from optlab import device as devices
-from optlab.batchsize import BatchSearch, search_batch_size
+from optlab.batchsize import CPU_MEMORY_SHARE, BatchSearch, batch_cap, search_batch_size, search_by_throughput
 from optlab.config import ConfigError, RunConfig
 from optlab.data import DataError, load_dataset
-from optlab.measure import peak_memory, percentile, reset_peak_memory
+from optlab.hostload import HostWatch, ThreadPlan, apply_plan, plan_for
+from optlab.measure import percentile
+from optlab.memory import PhasePeak, memory_limit_mb, release_freed_memory
 from optlab.models import MODELS, build_model, count_parameters
 from optlab.pipeline import make_pipeline, memory_format, normalisation, to_model_input
 from optlab.stats import throughput_figures
@@ -35,9 +38,10 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> dict | None:
+            should_stop: Callable[[], bool] | None = None, threads: ThreadPlan | None = None) -> dict | None:
     """Run `run_id` to the end and leave it done, failed or cancelled, with the reason.
-    Returns the summary of a finished run, None otherwise."""
+    Returns the summary of a finished run, None otherwise. `threads` is the worker's CPU plan;
+    without one (the CLI's in-process run) it is made here from the cores this process may use."""
     run = store.get(run_id)
     cfg = run.run_config
     batch_size = cfg.batch_size
@@ -47,7 +51,8 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
         cfg.validate(info)
         store.update(run_id, status="running", device=info.to_dict(),
                      started_at=run.started_at or time.time())
-        summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop)
+        cfg, threads = use_cpu_plan(store, run_id, cfg, threads)
+        summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
         store.finish(run_id, "done", summary=summary)
         return summary
     except RunCancelled:
@@ -75,7 +80,18 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
     return None
 
 
-def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop) -> dict:
+def use_cpu_plan(store, run_id: int, cfg: RunConfig, plan: ThreadPlan | None) -> tuple[RunConfig, ThreadPlan]:
+    """Apply the CPU plan (intra-op threads; loader workers through the config the pipeline reads)
+    and say on the run when it gave the loader fewer workers than asked for."""
+    plan = apply_plan(plan or plan_for(cfg))
+    if plan.note:
+        store.add_event(run_id, plan.note)
+    if cfg.pipeline == "cpu" and cfg.num_workers != plan.loader_workers:
+        cfg = cfg.replace(num_workers=plan.loader_workers)
+    return cfg, plan
+
+
+def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop, threads=None) -> dict:
     progress = on_progress or (lambda state: None)
     torch.manual_seed(cfg.seed)
     progress({"phase": "load data"})
@@ -94,8 +110,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
         progress({"phase": "batch size search"})
         search = find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size)
         batch_size = search.chosen
-        store.add_event(run_id, f"automatic batch size: {batch_size} (largest that fit {search.largest_fit}, "
-                                f"first failure {search.first_failure}, cap {search.cap})")
+        store.add_event(run_id, describe_search(search))
     else:
         batch_size = cfg.batch_size
     store.update(run_id, summary={"batch_size": batch_size})
@@ -119,12 +134,14 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
         store.add_event(run_id, f"no profile: {len(train_batches)} steps an epoch are too few for warm-up "
                                 f"plus a {PROFILE_WINDOW_STEPS}-step window inside one epoch")
 
-    reset_peak_memory(device)
+    peak, host = PhasePeak(device, tree=True).start(), HostWatch(threads).start()
     result = train(trained, train_batches, test_batches, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
                    optimizer=optimizer, scheduler=scheduler, precision=precision, device=device,
                    warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop,
                    sync_debug=os.environ.get("OPTLAB_SYNC_DEBUG") or None)
-    memory = peak_memory(device)
+    memory, host = peak.figures(), host.finish()
+    if host["disturbed"]:
+        store.add_event(run_id, f"measurement disturbed: {host['reason']}", level="warning")
     store.add_metrics(run_id, "epoch", [vars(e) for e in result.epochs], [e.epoch for e in result.epochs])
     s = result.steady
     store.add_metric(run_id, "step_times", {"step_ms": s.step_ms, "images": s.step_images,
@@ -134,7 +151,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
     weights = store.artifacts_dir(run_id) / "model.pt"
     torch.save(model.state_dict(), weights)
     summary = summarize(cfg, result, memory, info, batch_size, search, ds)
-    summary.update(params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
+    summary.update(host=host, params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
                    weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,
                    trace_dir=str(window.trace_dir) if window and window.trace_files else None)
     if window is not None and window.profiler_result is not None:
@@ -183,6 +200,7 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
     accuracies = [e.test_accuracy for e in result.epochs]
     reached = next((e.cumulative_train_seconds for e in result.epochs if e.test_accuracy >= cfg.target_accuracy), None)
     applies = ds.accuracy_applies
+    on_cpu = memory["device_peak_allocated_mb"] is None
     return {
         "device": info.kind,
         "device_name": info.name,
@@ -208,9 +226,11 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
         "input_wait_ms_p50": percentile(s.input_wait_ms, 50),
         "forward_backward_ms_p50": percentile(s.forward_backward_ms, 50),
         "optimizer_ms_p50": percentile(s.optimizer_ms, 50),
-        "peak_memory_mb": memory["allocated_mb"],
-        "peak_reserved_mb": memory["reserved_mb"],
-        "memory_kind": memory["kind"],
+        "memory": memory,                              # every figure with its label (optlab.memory)
+        # the headline figure under the keys older readers use: the GPU allocator's, else the process's
+        "peak_memory_mb": memory["process_peak_mb"] if on_cpu else memory["device_peak_allocated_mb"],
+        "peak_reserved_mb": memory["device_peak_reserved_mb"],
+        "memory_kind": "host_rss" if on_cpu else "cuda_allocator",
         "accuracy_applies": applies,
         "test_accuracy": accuracies[-1] if applies and accuracies else None,
         "best_test_accuracy": max(accuracies) if applies and accuracies else None,
@@ -224,11 +244,19 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
     }
 
 
+TRIAL_STEPS = (3, 10, 0.5)   # timed steps per batch-size trial: at least 3, at most 10, or until 0.5 s
+
+
 def find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size) -> BatchSearch:
-    """Search with real training steps on real images, then confirm with a step and an eval pass."""
+    """Search with real training steps on real images, then confirm with a step and an eval pass.
+
+    Each trial measures its own peak memory (the high-water mark is reset before it) and its
+    training-step speed on one batch (the input pipeline left out); optlab.batchsize chooses."""
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     criterion = torch.nn.CrossEntropyLoss()
-    cap = cfg.max_batch_size if device.type == "cuda" else min(cfg.max_batch_size, 1024)
+    on_gpu = device.type == "cuda"
+    cap, cap_reasons = batch_cap(len(ds.train_y), cfg.epochs, cfg.max_batch_size, on_gpu)
+    limit_mb, limit_source = (None, "") if on_gpu else memory_limit_mb()
     g = torch.Generator().manual_seed(cfg.seed)
 
     mean, std = normalisation(ds.mean, ds.std, device)
@@ -238,26 +266,38 @@ def find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size) -
         x = to_model_input(ds.train_x[idx].to(device), mean, std, size, cfg.channels_last)
         return x, ds.train_y[idx].to(device)
 
-    def one_step(n, with_eval=False) -> float | None:
+    def step(opt, x, y):
+        with precision.autocast():
+            loss = criterion(model(x), y)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(opt)
+        precision.scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    def trial(n, with_eval=False) -> dict | None:
         opt, _ = setup_optimizer(model, opt_name, lr, wd, n, 10, 0.1)
         try:
-            reset_peak_memory(device)
+            peak = PhasePeak(device).start()
             model.train()
             x, y = batch(n)
-            with precision.autocast():
-                loss = criterion(model(x), y)
-            precision.scaler.scale(loss).backward()
-            precision.scaler.step(opt)
-            precision.scaler.update()
-            opt.zero_grad(set_to_none=True)
+            step(opt, x, y)                  # warm-up: lazy initialisation, autotuning
+            times = []
+            least, most, seconds = TRIAL_STEPS
+            while len(times) < least or (len(times) < most and sum(times) < seconds):
+                if on_gpu:
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                step(opt, x, y)
+                if on_gpu:
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
             if with_eval:
                 evaluate(model, [batch(min(1024, 2 * n))], precision.autocast)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            peak = peak_memory(device)["allocated_mb"]
-            if device.type == "cpu" and peak > 0.6 * _host_memory_mb():
-                return None   # keep the host usable: treat more than 60 % of RAM as "does not fit"
-            return peak
+            figures = peak.figures()
+            mb = figures["device_peak_allocated_mb"] if on_gpu else figures["process_peak_mb"]
+            if limit_mb is not None and mb > CPU_MEMORY_SHARE * limit_mb:
+                return None   # keep the host usable: more than this share of its memory does not "fit"
+            return {"peak_memory_mb": mb, "images_per_s": n / statistics.median(times)}
         except BaseException as e:
             if not is_out_of_memory(e):
                 raise
@@ -266,22 +306,32 @@ def find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size) -
             del opt
             model.zero_grad(set_to_none=True)
             gc.collect()
-            if device.type == "cuda":
+            if on_gpu:
                 torch.cuda.empty_cache()
 
-    search = search_batch_size(one_step, start=16, cap=cap)
+    if on_gpu:
+        search = search_batch_size(trial, start=min(16, cap), cap=cap)
+    else:
+        search = search_by_throughput(trial, start=16, cap=cap)
+    search.cap_reasons = cap_reasons
+    if limit_mb is not None:
+        search.cap_reasons.append(f"a trial fits below {CPU_MEMORY_SHARE:.0%} of {limit_mb:,.0f} MB ({limit_source})")
     for _ in range(4):  # confirm: a full step plus an evaluation pass at the chosen size
-        if one_step(search.chosen, with_eval=True) is not None:
+        if trial(search.chosen, with_eval=True) is not None:
             search.confirmed = True
             break
         search.chosen = max(1, int(search.chosen * search.headroom) // 8 * 8 or 1)
     model.load_state_dict(initial)
+    release_freed_memory()
     return search
 
 
-def _host_memory_mb() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            return int(f.readline().split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return float("inf")
+def describe_search(search: BatchSearch) -> str:
+    """The run's event for an automatic batch size: the choice, why, and every trial."""
+    rows = "; ".join(
+        f"{t['batch_size']}: " + (("fits" if t["fits"] else "does not fit")
+                                  + (f", {t['peak_memory_mb']:,.0f} MB" if t.get("peak_memory_mb") is not None else "")
+                                  + (f", {t['images_per_s']:,.0f} img/s" if t.get("images_per_s") else ""))
+        for t in search.trials)
+    return (f"automatic batch size: {search.chosen} by {search.rule}: {search.reason}. "
+            f"Cap {search.cap} ({'; '.join(search.cap_reasons)}). Trials: {rows}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 
 from optlab import repeats
 from optlab.config import MAX_REPEATS, ConfigError, RunConfig, parse_batch_size
+from optlab.memory import headline_memory
 from optlab.stats import MIN_EFFECT
 from optlab.store import Run
 
@@ -210,7 +211,7 @@ def headline(run: Run) -> list[tuple[str, str, str]]:
 
     def fmt(value, pattern):
         return "n/a" if value is None else pattern.format(value)
-    memory = "GPU allocator peak" if s.get("memory_kind") == "cuda_allocator" else "peak resident memory of the process"
+    peak_mb, memory = headline_memory(s)
     accuracy = (fmt(_pct(s.get("test_accuracy")), "{:.2f} %") if s.get("accuracy_applies", True)
                 else "n/a (random labels)")
     thin = (s.get("throughput") or {}).get("quality") == "thin"
@@ -219,7 +220,7 @@ def headline(run: Run) -> list[tuple[str, str, str]]:
          "median per-step throughput of the steady-state steps (warm-up and profiled steps left out): "
          + throughput_detail(s)),
         ("Test accuracy", accuracy, "top-1 on the held-out test images after training"),
-        ("Peak memory", fmt(s.get("peak_memory_mb"), "{:,.0f} MB"), memory),
+        ("Peak memory", fmt(peak_mb, "{:,.0f} MB"), memory),
         ("Training time", fmt(s.get("train_seconds"), "{:,.1f} s"),
          "wall time of the training epochs, evaluation excluded"),
     ]

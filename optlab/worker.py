@@ -51,13 +51,15 @@ def _say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
-def _set_threads() -> None:
-    """Before torch loads: as many intra-op threads as this process may use, unless the
-    scheduler (which shares the CPU between its slots) or the user chose a number."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        os.environ["OMP_NUM_THREADS"] = str(cpus)
-    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+def _set_threads(cfg):
+    """Before torch loads: split the cores this process may use (affinity, cgroup quota, the
+    scheduler's share in OMP_NUM_THREADS) between loader workers and intra-op threads, so the
+    OpenMP pool is created at its final size. Returns the plan (optlab.hostload.ThreadPlan)."""
+    from optlab.hostload import plan_for
+    plan = plan_for(cfg)
+    os.environ["OMP_NUM_THREADS"] = str(plan.intra_op_threads)
+    os.environ["MKL_NUM_THREADS"] = str(plan.intra_op_threads)
+    return plan
 
 
 class Worker:
@@ -173,13 +175,12 @@ class Worker:
             beat.start()
             from optlab.config import RunConfig
             cfg = RunConfig.from_dict(self.store.get(self.run_id).config)  # a broken config fails before torch loads
-            _set_threads()
-            import torch
+            threads = _set_threads(cfg)
             from optlab.runner import execute
             from optlab.telemetry import TelemetrySampler
-            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
             self.sampler = TelemetrySampler(self.store, self.run_id, _device_for(cfg.device)).start()
-            summary = execute(self.store, self.run_id, on_progress=self.on_progress, should_stop=self.cancel.is_set)
+            summary = execute(self.store, self.run_id, on_progress=self.on_progress, should_stop=self.cancel.is_set,
+                              threads=threads)
             self.unwinding = False
             if summary is not None:
                 self._add_energy(summary)

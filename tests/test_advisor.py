@@ -95,6 +95,25 @@ def test_input_wait_suggests_the_device_pipeline_with_a_bound_from_this_run():
     assert "input_bound" not in rules_of(gpu_summary(wait=0.02), precision="bf16")
 
 
+def test_input_wait_on_the_device_pipeline_names_its_kernels_never_loader_workers():
+    a = rules_of(gpu_summary(wait=0.4), precision="bf16", channels_last=True, pipeline="gpu")["input_bound"]
+    assert "num_workers" not in a.change and a.change == {"augment": False}
+    assert "kernels on the GPU" in a.why and "DataLoader workers would change nothing" in a.why
+    assert a.expected_factor is None                         # no x1.67 promised for a change that is not the wait
+    off = rules_of(gpu_summary(wait=0.4), precision="bf16", channels_last=True, pipeline="gpu", augment=False)
+    assert off["input_bound"].change == {} and not off["input_bound"].tryable
+
+
+def test_more_loader_workers_are_suggested_only_where_the_cores_leave_room():
+    summary = {"device": "cpu", "device_label": "CPU: test", "input_wait_share": 0.4,
+               "host": {"threads": {"cores": 2, "loader_workers": 1, "intra_op_threads": 1}}}
+    cfg = tiny_config(dataset="imagefolder", pipeline="cpu", num_workers=2)
+    assert "input_bound" not in {a.rule for a in advise(summary, cfg)}      # 1 worker + 1 thread fill 2 cores
+    roomy = dict(summary, host={"threads": {"cores": 8, "loader_workers": 1, "intra_op_threads": 7}})
+    (a,) = [a for a in advise(roomy, cfg) if a.rule == "input_bound"]
+    assert a.change == {"num_workers": 2}
+
+
 def test_try_it_queues_a_child_and_compares_prediction_with_measurement(store, monkeypatch):
     parent_id = store.submit(tiny_config(limit_train=128, batch_size=16, limit_test=64))
     execute(store, parent_id)

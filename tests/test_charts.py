@@ -61,8 +61,8 @@ def test_memory_bars_keep_gpu_and_host_figures_apart():
     rows = ROWS[:2] + [row("#9 gpu", 9000.0, 0.9, 300, GPU, "cuda_allocator")]
     fig = charts.memory_bars(rows)
     by_name = {t.name: (list(t.x), list(t.y)) for t in fig.data}
-    assert by_name == {"GPU allocator peak": (["#9 gpu"], [300]),
-                       "process peak RSS (host)": (["#1 fp32", "#2 bf16"], [900, 600])}
+    assert by_name == {"GPU peak allocated": (["#9 gpu"], [300]),
+                       "process peak RSS (host, training)": (["#1 fp32", "#2 bf16"], [900, 600])}
     assert fig.layout.yaxis.title.text == "Peak memory (MB)"
 
 
@@ -197,10 +197,11 @@ def test_telemetry_draws_each_series_present_with_its_unit():
                {"t": 101.5, "gpu_util_pct": 97, "cpu_pct": 101.0}]
     fig = charts.telemetry(samples, GPU)
     # no power sensor and no RSS in these rows: no panel for either
-    assert [t.name for t in fig.data] == ["GPU utilisation", "GPU memory used", "Worker CPU (100 % = one core)"]
+    assert [t.name for t in fig.data] == ["GPU utilisation", "GPU memory used by every process (NVML)",
+                                          "Worker CPU (100 % = one core)"]
     assert list(fig.data[0].x) == [0.0, 1.5] and list(fig.data[1].x) == [0.0]
     assert [a.text for a in fig.layout.annotations] == [
-        "GPU utilisation (%)", "GPU memory used (MB)", "Worker CPU (100 % = one core) (%)"]
+        "GPU utilisation (%)", "GPU memory used by every process (NVML) (MB)", "Worker CPU (100 % = one core) (%)"]
     assert fig.layout.title.subtitle.text == f"Measured on {GPU}"
 
 

@@ -75,8 +75,26 @@ def test_baseline_comes_first_and_every_variant_carries_every_figure(compressed)
         assert v["size_mb"] > 0 and v["params"] >= v["nonzero_params"] > 0
         assert v["macs"] > 0 and v["test_accuracy"] is not None
         assert v["latency_repeats"] == 5 and v["timer"] == "perf_counter"
+        low, high = v["latency_ms_ci95"]
+        assert low <= v["latency_ms_p50"] <= high and v["latency_ms_p10"] <= v["latency_ms_p50"]
     stored = store.metrics(run.id, "variant")
     assert [v["name"] for v in stored[:len(records)]] == [v["name"] for v in records]
+
+
+def test_variants_are_timed_together_with_the_baseline_and_compared_with_an_interval(compressed):
+    _, run = compressed
+    measured = [v for v in run.summary["variants"] if not v.get("error")]
+    for v in measured:
+        assert v["rounds"] == 5 and v["interleaved_with"] == len(measured) - 1   # every CPU model in one set of rounds
+    for v in measured[1:]:
+        assert v["baseline"] == "baseline"
+        assert v["speedup_verdict"] in ("faster", "slower", "within noise") and v["throughput_speedup_verdict"]
+        low, high = v["speedup_ci95"]
+        assert low <= v["speedup_vs_baseline"] <= high
+        assert [r["batch"] for r in v["speedup_by_batch"]] == [1, 16]
+        assert any("timed together in 5 interleaved rounds" in n for n in v["notes"])
+        noisy = [r["batch"] for r in v["speedup_by_batch"] if r["verdict"] == "within noise"]
+        assert any(n.startswith("within noise") for n in v["notes"]) == bool(noisy)
 
 
 def test_unstructured_pruning_reaches_the_asked_sparsity_without_shrinking_anything(compressed):
@@ -178,6 +196,8 @@ def test_variants_figure_plots_measured_variants_per_device(compressed):
     measured = [v for v in run.summary["variants"] if not v.get("error")]
     assert measured and all(v.get("latency_ms_p50") for v in measured)
     assert sum(len(t.x) for t in points) == len(measured)
+    bars = points[0].error_x      # the 95 % interval of each median latency
+    assert bars.visible and len(bars.array) == len(points[0].x) and min(bars.array) >= 0
     assert "not shown (no measurement): prune_2to4" in fig.layout.title.text
 
 

@@ -65,16 +65,6 @@ def test_gpu_pipeline_bf16_and_channels_last_run_on_the_cpu(store):
     assert run.summary["test_accuracy"] > 0.3          # chance is 0.1
 
 
-def test_automatic_batch_size_is_searched_confirmed_and_recorded(store):
-    rid = store.submit(tiny_config(batch_size="auto", max_batch_size=64))
-    execute(store, rid)
-    run = store.get(rid)
-    search = run.summary["batch_size_search"]
-    assert run.status == "done", run.error
-    assert search["confirmed"] and search["chosen"] == run.summary["batch_size"] == 64
-    assert [t["batch_size"] for t in search["trials"]] == [16, 32, 64]
-
-
 def test_fp16_uses_a_grad_scaler_and_bf16_does_not():
     assert setup_precision("fp16", torch.device("cpu")).scaler.is_enabled()
     assert not setup_precision("bf16", torch.device("cpu")).scaler.is_enabled()

@@ -53,6 +53,7 @@ BENCH = {  # flag -> benchmark setting
     "--bench-repeats": "repeats",
     "--bench-warmup": "warmup",
     "--throughput-batch": "throughput_batch",
+    "--bench-rounds": "rounds",
 }
 
 
@@ -148,6 +149,9 @@ def add_compress_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bench-repeats", action=BenchAction, dest="compress_steps", type=int, metavar="N",
                    help="timed batch-1 calls per variant (default 50; at least 50 on a GPU)")
     g.add_argument("--bench-warmup", action=BenchAction, dest="compress_steps", type=int, metavar="N")
+    g.add_argument("--bench-rounds", action=BenchAction, dest="compress_steps", type=int, metavar="N",
+                   help="interleaved rounds the timed calls of the baseline and every variant are spread over "
+                        "(default 5)")
     g.add_argument("--throughput-batch", action=BenchAction, dest="compress_steps", type=int, metavar="N",
                    help="batch size for the throughput figure (default 256)")
     g.add_argument("--batch-sizes", action=BenchAction, dest="compress_steps", type=_batch_sizes, metavar="LIST",
