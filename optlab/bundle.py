@@ -35,6 +35,7 @@ import stat
 import time
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,9 +149,9 @@ def export_bundle(store: Store, run_ids: list[int], path: str | Path, *, traces:
     for name, data in members.items():
         limit = _limit_for(name, limits)
         if len(data) > limit:
-            raise BundleError(f"{name} is {len(data) / MiB:.1f} MiB, over the {limit / MiB:.0f} MiB an import accepts")
+            raise BundleError(f"{name} is {_size(len(data))}, over the {_size(limit)} an import accepts")
     if sum(len(d) for d in members.values()) > limits.total:
-        raise BundleError(f"the bundle would hold more than {limits.total / MiB:.0f} MiB, which an import refuses; "
+        raise BundleError(f"the bundle would hold more than {_size(limits.total)}, which an import refuses; "
                           "export fewer runs or leave out traces and weights")
     path = Path(path)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
@@ -159,7 +160,9 @@ def export_bundle(store: Store, run_ids: list[int], path: str | Path, *, traces:
             for name, data in members.items():
                 # .pt and .gz are compressed already
                 kind = zipfile.ZIP_STORED if name.endswith((".pt", ".gz")) else zipfile.ZIP_DEFLATED
-                zf.writestr(zipfile.ZipInfo(name, date_time=time.localtime()[:6]), data, compress_type=kind)
+                info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                zf.writestr(info, data, compress_type=kind)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -202,7 +205,8 @@ def _check_name(info: zipfile.ZipInfo) -> str:
     if info.is_dir():
         raise BundleError(f"member {shown} is a folder entry; a bundle holds files only")
     mode = info.external_attr >> 16
-    if info.create_system == 3 and mode and not stat.S_ISREG(mode):   # unix: the file type is recorded
+    # unix zips record the file type with the mode (some writers leave the type bits out: a plain file)
+    if info.create_system == 3 and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
         kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
                 else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
         raise BundleError(f"member {shown} is {kind}; a bundle holds regular files only")
@@ -217,13 +221,19 @@ def _check_name(info: zipfile.ZipInfo) -> str:
 def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     """The member's bytes, never more than `limit` (the zip's recorded size is not trusted)."""
     if info.file_size > limit:
-        raise BundleError(f"member {info.filename} is {info.file_size / MiB:.1f} MiB, over the limit of "
-                          f"{limit / MiB:.0f} MiB")
-    with zf.open(info) as f:
-        data = f.read(limit + 1)
+        raise BundleError(f"member {info.filename} is {_size(info.file_size)}, over the limit of {_size(limit)}")
+    try:
+        with zf.open(info) as f:
+            data = f.read(limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+        raise BundleError(f"member {info.filename} is damaged ({e})") from None
     if len(data) > limit:
-        raise BundleError(f"member {info.filename} is larger than the limit of {limit / MiB:.0f} MiB")
+        raise BundleError(f"member {info.filename} is larger than the limit of {_size(limit)}")
     return data
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:,.1f} MiB" if n >= MiB else f"{n / 1024:,.1f} KiB"
 
 
 def _parse_json(name: str, data: bytes):
@@ -231,7 +241,7 @@ def _parse_json(name: str, data: bytes):
         raise BundleError(f"{name} is a Python pickle, not JSON: bundles hold JSON only and nothing is unpickled")
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{name} is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
 
 
@@ -259,7 +269,7 @@ def _check_trace(name: str, data: bytes, limit: int) -> None:
         except (OSError, EOFError) as e:
             raise BundleError(f"{name} is not a readable gzip file ({e})") from None
         if len(data) > limit:
-            raise BundleError(f"{name} decompresses to more than the limit of {limit / MiB:.0f} MiB")
+            raise BundleError(f"{name} decompresses to more than the limit of {_size(limit)}")
     trace = _parse_json(name, data)
     if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
         raise BundleError(f"{name} is not a profiler trace (a JSON object with a traceEvents list)")
@@ -289,7 +299,7 @@ def read_bundle(source: str | Path | bytes, limits: Limits = LIMITS) -> tuple[di
             data[info.filename] = _read(zf, info, _limit_for(info.filename, limits))
             total += len(data[info.filename])
             if total > limits.total:
-                raise BundleError(f"the bundle holds more than {limits.total / MiB:.0f} MiB")
+                raise BundleError(f"the bundle holds more than {_size(limits.total)}")
     manifest = _parse_json(MANIFEST, data.pop(MANIFEST))
     _checked(lambda: schema.check(manifest, schema.MANIFEST), MANIFEST)
     listed = manifest["runs"]
@@ -467,7 +477,9 @@ def _insert(db, run: _Run, origin: dict, key: str, manifest: dict, bundle_name: 
     return new
 
 
-def origin_text(run: Run) -> str:
-    """'ada-laptop run #12' for an imported run; '' for a run measured here."""
-    o = run.origin or {}
-    return f"{o.get('host', '?')} run #{o.get('run_id', '?')}" if o else ""
+def import_upload(store: Store, data: bytes, name: str) -> tuple[bool, str]:
+    """(imported?, what happened) for a bundle uploaded on a page; a refusal is a message, not an error."""
+    try:
+        return True, import_bundle(store, data, name=name).message()
+    except BundleError as e:
+        return False, str(e)

@@ -199,13 +199,19 @@ def run_rows(runs: list[Run]) -> list[dict]:
             "precision": c.get("precision"), "batch": s.get("batch_size", c.get("batch_size")),
             "images/s": s.get("train_images_per_s"), "accuracy %": _pct(s.get("test_accuracy")),
             "peak MB": s.get("peak_memory_mb"), "wall s": took, "device": device_label(run) or "",
-            "sweep": run.sweep_id or "", "label": run.label or "",
+            "sweep": run.sweep_id or "", "label": run.label or "", "from": origin_text(run),
         })
     return rows
 
 
 def _pct(value):
     return None if value is None else 100 * value
+
+
+def origin_text(run: Run) -> str:
+    """Where an imported run was measured: 'ada-laptop run #12'; '' for a run measured here."""
+    o = run.origin or {}
+    return f"{o.get('host', '?')} run #{o.get('run_id', '?')}" if o else ""
 
 
 def varying_knobs(runs: list[Run]) -> list[str]:
