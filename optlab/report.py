@@ -490,6 +490,7 @@ dt { font-weight: 600; margin-top: 8px; } dd { margin-left: 18px; }
   body { max-width: none; padding: 0; font-size: 11pt; }
   nav.toc, .modebar-container { display: none !important; }
   .grid { display: block; }
+  table { font-size: 8.5pt; } th, td { padding: 2px 4px; overflow-wrap: anywhere; }  /* fit the paper's width */
   .figure, table, .card, dl { break-inside: avoid; page-break-inside: avoid; }
   section.run { break-before: page; }
   h2, h3 { break-after: avoid; }
