@@ -15,7 +15,7 @@ import torch
 from optlab import bundle, cli
 from optlab.bundle import BundleError, Limits, export_bundle, import_bundle
 from optlab.store import Store
-from test_report import ROOT, shared_runs  # noqa: F401  (the session's two real runs)
+from test_report import ROOT, shared_runs, tried  # noqa: F401  (the session's real runs)
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +114,22 @@ def test_a_bundle_passed_on_keeps_its_first_origin(exported, tmp_path):
     third = fresh(tmp_path, "third")
     import_bundle(third, exported)
     assert import_bundle(third, onward["path"]).imported == []    # the same runs, whoever passed them on
+
+
+def test_tried_advice_keeps_its_parent_or_the_parents_recorded_figure(tried, tmp_path):  # noqa: F811
+    from optlab import advisor
+    store, child = tried
+    measured = advisor.advice_outcome(store, child)["measured_factor"]
+    both = fresh(tmp_path, "both")
+    import_bundle(both, export_bundle(store, [2, child], tmp_path / "both.zip")["path"])
+    [new_parent, new_child] = sorted(r.id for r in both.list())
+    assert both.get(new_child).parent_id == new_parent
+    assert advisor.advice_outcome(both, new_child)["measured_factor"] == pytest.approx(measured)
+    alone = fresh(tmp_path, "alone")                             # the child without its parent
+    import_bundle(alone, export_bundle(store, [child], tmp_path / "alone.zip")["path"])
+    [only] = alone.list()
+    assert only.parent_id is None
+    assert advisor.advice_outcome(alone, only.id)["measured_factor"] == pytest.approx(measured)
 
 
 def test_the_commands_export_and_import(shared_runs, tmp_path, monkeypatch, capsys):  # noqa: F811

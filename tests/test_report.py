@@ -136,6 +136,38 @@ def test_text_from_a_run_reaches_the_file_only_escaped(written):
     assert "&lt;script&gt;window.__xss" in text.split("Plotly.newPlot(", 1)[1]
 
 
+@pytest.fixture(scope="session")
+def tried(shared_runs, tmp_path_factory):
+    """A copy of the shared store where run 2's advice was tried: child run 3, really trained."""
+    from optlab import advisor
+    from optlab.runner import execute
+    home = tmp_path_factory.mktemp("tried") / "home"
+    shutil.copytree(shared_runs.home, home)
+    store = Store(home)
+    parent = store.get(2)
+    threshold = advisor.INPUT_WAIT_SHARE
+    advisor.INPUT_WAIT_SHARE = 0.0          # so a rule with a change to try speaks on this CPU run
+    try:
+        [advice] = [a for a in advisor.advise(parent.summary, parent.config, parent.device) if a.tryable]
+    finally:
+        advisor.INPUT_WAIT_SHARE = threshold
+    child = advisor.try_advice(store, parent, advice)
+    execute(store, child)
+    assert store.get(child).status == "done", store.get(child).error
+    return store, child
+
+
+def test_advice_that_was_tried_shows_predicted_against_measured(tried):
+    from optlab import advisor
+    store, child = tried
+    text = report.build(store, [store.get(2)]).html
+    outcome = advisor.advice_outcome(store, child)
+    tried_part = text.split("Tried: predicted against measured", 1)[1].split("</table>", 1)[0]
+    assert f"<td>#{child}</td>" in tried_part
+    assert f"x{outcome['measured_factor']:.2f} train_images_per_s" in tried_part
+    assert report.e(outcome["predicted"]) in tried_part
+
+
 # -- in a browser, offline ---------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
 def test_the_report_opens_offline_draws_every_chart_and_runs_no_script_from_a_label(written, tmp_path):
