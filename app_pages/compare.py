@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from optlab import charts, views
+from optlab import charts, report, views
 from optlab.store import Store
 
 OUTCOMES = [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "accuracy (%)"),
@@ -134,3 +134,5 @@ else:
                 ("inference images/s", "%.0f"))})
         st.download_button("Download CSV", views.to_csv(table), file_name="optlab-comparison.csv",
                            mime="text/csv", icon=":material/download:")
+        st.download_button("Download report", **report.download(store, [r.id for r in selected]), on_click="ignore",
+                           icon=":material/download:", help="One HTML file with these runs' charts; opens offline.")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from optlab import advisor, profile_charts, profiling, repeats, tensorboard, views
+from optlab import advisor, profile_charts, profiling, repeats, report, tensorboard, views
 from optlab.store import Store
 
 store = Store()
@@ -162,6 +162,8 @@ if runs:
         st.warning(f"Run #{run.id} has no profile: {profiling.why_no_trace(store, run)}", icon=":material/warning:")
     draw_advice(run, summary)
     draw_traces(run)
+    st.download_button("Download report", **report.download(store, [run.id]), on_click="ignore",
+                       icon=":material/download:", help="This run's profile, advice and charts in one offline HTML file.")
 
 with st.expander("Open a shared trace file"):
     upload = st.file_uploader("A torch.profiler trace (.pt.trace.json or .json.gz)", type=["json", "gz"])

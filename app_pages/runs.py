@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from optlab import charts, repeats, views
+from optlab import bundle, charts, repeats, report, views
 from optlab.cli import summary_rows
 from optlab.store import Store
 
@@ -14,6 +14,12 @@ store = Store()
 state = st.session_state
 
 st.title("Runs")
+with st.expander("Import runs from a bundle", icon=":material/upload_file:"):
+    upload = st.file_uploader("A bundle written by `python -m optlab export` (.zip)", type=["zip"], key="runs_bundle")
+    if upload is not None and st.button("Import", key="runs_import"):
+        ok, message = bundle.import_upload(store, upload.getvalue(), upload.name)
+        (st.success if ok else st.error)("Imported:" if ok else "Refused; nothing was imported:")
+        st.code(message, language=None, wrap_lines=True)   # names from the bundle, shown as text
 runs = store.list()                      # one query for the whole page
 by_id = {r.id: r for r in runs}
 active_ids = [r.id for r in runs if r.status in views.ACTIVE]
@@ -100,6 +106,8 @@ if runs:
         from optlab.scheduler import cancel
         st.toast(f"Run #{run.id}: {cancel(store, run.id)}")
         st.rerun()
+    buttons.download_button("Download report", **report.download(store, [run.id]), on_click="ignore",
+                            icon=":material/download:", disabled=not run.finished)
     if buttons.button("Re-run with changes", icon=":material/edit:",
                          help="Open the Lab form filled with this run's settings."):
         st.switch_page("app_pages/lab.py", query_params={"from_run": str(run.id)})

@@ -364,7 +364,8 @@ def advice_outcome(store, run_id: int) -> dict | None:
     if not records or child is None or child.status != "done":
         return None
     advice = records[-1]
-    parent = store.get(advice["parent_id"])
+    # an imported child whose parent stayed behind has no parent here: its recorded figure stands in
+    parent = store.get(advice["parent_id"]) if advice.get("parent_id") is not None else None
     metric = advice.get("metric")
     kids = [r for r in repeats.members(store, child) if r.status == "done"]
     before_fig = _figure(repeats.members(store, parent), metric) if parent and metric else None

@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_command_modules() -> None:
     """Modules that add subcommands (queue, compress, trace, ...) register on import."""
     import importlib
-    for module in ("optlab.jobs_cli", "optlab.profiling_cli", "optlab.compress.cli"):
+    for module in ("optlab.jobs_cli", "optlab.profiling_cli", "optlab.compress.cli", "optlab.report_cli"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -82,4 +82,25 @@ def software_versions() -> dict:
         "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "nvidia_driver": nvidia_driver(),
+        "os": platform.platform(),
     }
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version as NVML reports it; None where there is no driver (or no NVML)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:   # ImportError, pynvml.NVMLError_LibraryNotFound on machines without a driver
+        return None
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass

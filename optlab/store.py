@@ -62,9 +62,16 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id);
 """
 
-_JSON_COLUMNS = ("config", "device", "summary", "progress")
-# Columns added after the first stores were made: (name, SQL type). Opening an older store adds them.
-_ADDED_COLUMNS = (("repeat_group", "TEXT"), ("repeat_index", "INTEGER"))
+_JSON_COLUMNS = ("config", "device", "summary", "progress", "origin")
+
+# Columns added after the first release: (name, declaration). Stores created before them get
+# them by ALTER TABLE when opened, so an existing OPTLAB_HOME keeps working.
+_ADDED_COLUMNS = (
+    ("repeat_group", "TEXT"),      # runs of one config repeated to measure its spread (optlab.repeats)
+    ("repeat_index", "INTEGER"),
+    ("origin", "TEXT"),            # JSON: where an imported run came from (optlab.bundle); NULL for local runs
+    ("origin_key", "TEXT"),        # that origin as one string, so a re-imported run is found, not duplicated
+)
 
 
 def optlab_home() -> Path:
@@ -93,6 +100,8 @@ class Run:
     worker_pid: int | None = None
     heartbeat_at: float | None = None
     cancel_requested: int = 0
+    origin: dict | None = None
+    origin_key: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -117,10 +126,7 @@ class Store:
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            have = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            _migrate(db)
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -323,9 +329,24 @@ class Store:
         return [dict(r) for r in rows]
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    have = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+    for name, declaration in _ADDED_COLUMNS:
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as e:   # another process added it between our look and now
+                if "duplicate column" not in str(e):
+                    raise
+    db.execute("CREATE INDEX IF NOT EXISTS runs_origin_key ON runs(origin_key)")
+
+
 def _to_run(row: sqlite3.Row) -> Run:
     d = dict(row)
     for k in _JSON_COLUMNS:
         if d.get(k) is not None:
             d[k] = json.loads(d[k])
-    return Run(**d)
+    # a column this code does not know (a newer store) goes to `extra` instead of failing
+    known = Run.__dataclass_fields__
+    extra = {k: d.pop(k) for k in list(d) if k not in known}
+    return Run(**d, extra=extra)

@@ -240,7 +240,7 @@ def run_rows(runs: list[Run]) -> list[dict]:
             "repeat": f"{run.repeat_index} of {c.get('repeats')}" if run.repeat_group else "",
             "accuracy %": _pct(s.get("test_accuracy")),
             "peak MB": s.get("peak_memory_mb"), "wall s": took, "device": device_label(run) or "",
-            "sweep": run.sweep_id or "", "label": run.label or "",
+            "sweep": run.sweep_id or "", "label": run.label or "", "from": origin_text(run),
         })
     return rows
 
@@ -251,6 +251,12 @@ def _pct(value):
 
 # Not knobs of what a run does: how often it was repeated says nothing about its outcome.
 NOT_KNOBS = ("repeats",)
+
+
+def origin_text(run: Run) -> str:
+    """Where an imported run was measured: 'ada-laptop run #12'; '' for a run measured here."""
+    o = run.origin or {}
+    return f"{o.get('host', '?')} run #{o.get('run_id', '?')}" if o else ""
 
 
 def varying_knobs(runs: list[Run]) -> list[str]:

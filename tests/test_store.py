@@ -44,3 +44,23 @@ def test_a_claim_succeeds_exactly_once_across_threads(store):
     for t in threads:
         t.join()
     assert wins.count(True) == 1 and store.get(rid).status == "running"
+
+
+def test_a_store_from_before_the_origin_columns_is_migrated_when_opened(tmp_path):
+    import sqlite3
+    from optlab import store as store_module
+    home = tmp_path / "old"
+    home.mkdir()
+    old_schema = store_module._SCHEMA   # the tables as the first release created them: no origin columns
+    assert "origin" not in old_schema
+    with sqlite3.connect(home / "optlab.db") as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO runs (created_at, status, config) VALUES (1.0, 'done', ?)", (tiny_config().to_json(),))
+    store = Store(home)
+    [run] = store.list()
+    assert run.status == "done" and run.origin is None and run.origin_key is None
+    with store.connect() as db:
+        columns = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+    assert {"origin", "origin_key"} <= columns
+    store.update(run.id, origin={"host": "elsewhere"})
+    assert Store(home).get(run.id).origin == {"host": "elsewhere"}
