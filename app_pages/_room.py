@@ -1,0 +1,114 @@
+"""Who is at this browser, for every page (not a page itself: app.py and pages import it).
+
+Identity is the personal token from optlab.people, found in this order: the session (this tab,
+already known), the person's own link (`?me=TOKEN`, which then moves into a cookie and leaves the
+address bar), the `optlab_token` cookie (a reload or a new tab). The name the sidebar shows then
+comes from the token, never from what someone types.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from optlab import people
+from optlab.people import Person
+from optlab.store import Run, Store
+
+COOKIE = "optlab_token"
+COOKIE_DAYS = 7
+
+
+def current(store: Store) -> Person | None:
+    state = st.session_state
+    token = st.query_params.get("me")
+    if token:
+        del st.query_params["me"]
+        person = people.identify(store, token)
+        if person is None:
+            st.toast("That personal link is not known on this server.", icon=":material/error:")
+        else:
+            state["_room_token"] = token
+            state["_room_set_cookie"] = True
+            state.pop("_room_forgotten", None)
+    if state.pop("_room_clear_cookie", False):
+        _write_cookie("", 0)
+    cookie = None if state.get("_room_forgotten") else st.context.cookies.get(COOKIE)
+    cookie = cookie if isinstance(cookie, str) else None   # AppTest has no real cookies
+    token = state.get("_room_token") or cookie
+    person = people.identify(store, token) if token else None   # each run: the role may have changed
+    if person is not None:
+        state["_room_token"] = token
+    else:
+        state.pop("_room_token", None)
+    state["person"] = person
+    if state.pop("_room_set_cookie", False) and person is not None:
+        _write_cookie(token, COOKIE_DAYS * 86400)
+    return person
+
+
+def remember(token: str) -> None:
+    """This tab is now the person holding `token`; later tabs and reloads find it in the cookie."""
+    st.session_state["_room_token"] = token
+    st.session_state["_room_set_cookie"] = True
+    st.session_state.pop("_room_forgotten", None)
+
+
+def forget() -> None:
+    """This browser forgets who it was (the cookie is cleared on the next run)."""
+    st.session_state.pop("_room_token", None)
+    st.session_state["person"] = None
+    st.session_state["_room_forgotten"] = True
+    st.session_state["_room_clear_cookie"] = True
+
+
+def personal_link(token: str) -> str:
+    """The person's own link to the Workshop page: the room's public address (OPTLAB_PUBLIC_URL,
+    set by `make workshop`) or the address this browser used."""
+    import os
+    from urllib.parse import urlsplit
+    base = os.environ.get("OPTLAB_PUBLIC_URL", "").rstrip("/")
+    if not base:
+        url = urlsplit(st.context.url or "http://localhost:8501/")
+        base = f"{url.scheme}://{url.netloc}"
+    return f"{base}/workshop?me={token}"
+
+
+def _write_cookie(token: str, max_age: int) -> None:
+    # the token is URL-safe base64: nothing in it needs quoting
+    st.html(f"<script>document.cookie = '{COOKIE}={token}; path=/; max-age={max_age}; SameSite=Strict';</script>",
+            unsafe_allow_javascript=True, width=1)
+
+
+def name_field(person: Person | None) -> None:
+    """The sidebar's name: the joined person's (fixed), or, outside a workshop, a free label."""
+    state = st.session_state
+    if person is not None:
+        state["user"] = person.name
+        st.text_input("Your name", key="user", disabled=True,
+                      help="You joined the workshop under this name; your runs carry it.")
+        if person.is_instructor:
+            st.caption(":material/school: Instructor")
+    elif people.workshop_mode():
+        state["user"] = ""
+        st.caption("Join the workshop to launch runs.")
+        st.page_link("app_pages/workshop.py", label="Join", icon=":material/login:")
+    else:
+        st.text_input("Your name", key="user", placeholder="shown next to your runs",
+                      help="Shown next to the runs you launch, so a room sharing one GPU knows whose run is whose.")
+
+
+def allowed(run: Run) -> bool:
+    """Whether this browser may cancel or delete `run`; when not, say why on the page.
+    Outside a workshop everyone may (one person, one lab)."""
+    if not people.workshop_mode():
+        return True
+    why = people.refusal(st.session_state.get("person"), run)
+    if why:
+        st.error(why, icon=":material/block:")   # names hold no Markdown characters (people.clean_name)
+    return why is None
+
+
+def first_own(runs: list[Run], active_ids: list[int]) -> int | None:
+    """The run the Runs page opens on for a joined person: their newest active run, else their newest."""
+    person = st.session_state.get("person")
+    own = [r.id for r in runs if person is not None and r.user == person.name]
+    return next((i for i in own if i in active_ids), own[0] if own else None)

@@ -1,0 +1,93 @@
+"""The Workshop page and the room's rules in the pages, driven with AppTest on real stores."""
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import tiny_config
+from optlab import people
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def app(monkeypatch):
+    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
+    monkeypatch.setenv("OPTLAB_WORKSHOP", "1")
+    monkeypatch.setenv("OPTLAB_INSTRUCTOR_SECRET", "room-secret-42")
+
+    def start(page=None, me=None):
+        at = AppTest.from_file(APP, default_timeout=60)
+        if me:
+            at.query_params["me"] = me
+        at.run()
+        if page:
+            at.switch_page(page)
+            at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+    return start
+
+
+def test_joining_on_the_workshop_page_names_the_sidebar(app, store):
+    at = app("app_pages/workshop.py")
+    at.text_input(key="room_name").input("Ada")
+    at.button[0].click().run()
+    assert [p.name for p in people.people(store)] == ["Ada"]
+    name = at.sidebar.text_input(key="user")
+    assert name.value == "Ada" and name.disabled
+    assert any("workshop?me=" in c.value for c in at.code)
+
+
+def test_a_taken_name_is_refused_on_the_page(app, store):
+    people.join(store, "Ada")
+    at = app("app_pages/workshop.py")
+    at.text_input(key="room_name").input("ada")
+    at.button[0].click().run()
+    assert "taken" in at.error[0].value
+    assert len(people.people(store)) == 1
+
+
+def test_a_personal_link_makes_a_new_session_that_person(app, store):
+    _, token = people.join(store, "Grace")
+    at = app(me=token)
+    assert at.sidebar.text_input(key="user").value == "Grace"
+    assert "me" not in at.query_params          # the key leaves the address bar
+
+
+def test_without_joining_the_sidebar_offers_to_join_and_no_name_can_be_typed(app):
+    at = app()
+    assert not [w for w in at.sidebar.text_input if w.key == "user"]
+    assert any("Join the workshop" in c.value for c in at.sidebar.caption)
+
+
+def _runs_page_on(app, store, token, run_id):
+    at = app("app_pages/runs.py", me=token)
+    at.selectbox(key="runs_selected").set_value(run_id).run()
+    return at
+
+
+def test_a_participant_cannot_cancel_another_persons_run(app, store):
+    theirs = store.submit(tiny_config(), user="Grace")
+    _, token = people.join(store, "Ada")
+    at = _runs_page_on(app, store, token, theirs)
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert "Grace's run" in at.error[0].value
+    assert store.get(theirs).status == "queued"
+
+
+def test_a_participant_cancels_their_own_run(app, store):
+    mine = store.submit(tiny_config(), user="Ada")
+    _, token = people.join(store, "Ada")
+    at = _runs_page_on(app, store, token, mine)
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert not at.error and store.get(mine).status == "cancelled"
+
+
+def test_the_instructor_cancels_anyones_run(app, store):
+    theirs = store.submit(tiny_config(), user="Grace")
+    boss, token = people.join(store, "Lin")
+    people.promote(store, boss, "room-secret-42")
+    at = _runs_page_on(app, store, token, theirs)
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert not at.error and store.get(theirs).status == "cancelled"
