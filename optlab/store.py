@@ -126,6 +126,9 @@ class Store:
     # -- runs ------------------------------------------------------------------------------------
     def submit(self, config: RunConfig, *, user: str = "", sweep_id: str | None = None,
                parent_id: int | None = None, label: str | None = None, status: str = "queued") -> int:
+        if status == "queued":   # the room's limits (optlab.fairuse): raises Refused with the reason
+            from optlab.fairuse import admit
+            admit(self, config, user)
         with self.connect() as db:
             cur = db.execute(
                 "INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config) "
