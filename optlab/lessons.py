@@ -19,6 +19,7 @@ Every run of every lesson must validate as a RunConfig, for the GPU and for the 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from optlab import stats
 from optlab.config import ConfigError, RunConfig
 
-LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
+LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"   # OPTLAB_LESSONS: another folder
 DEVICE_CLASSES = ("gpu", "cpu")
 VERDICTS = ("better", "worse", "within noise")   # the change against the baseline
 
@@ -140,8 +141,10 @@ def _device(device_class: str):
     return DeviceInfo("cpu", "a CPU")
 
 
-def load(folder: Path | str = LESSONS_DIR) -> list[Lesson]:
-    """Every lesson in `folder`, sorted by file name; a bad file raises LessonError naming it."""
+def load(folder: Path | str | None = None) -> list[Lesson]:
+    """Every lesson in `folder` (default: OPTLAB_LESSONS, else lessons/), sorted by file name; a bad
+    file raises LessonError naming it."""
+    folder = folder or os.environ.get("OPTLAB_LESSONS") or LESSONS_DIR
     out = []
     for path in sorted(Path(folder).glob("*.json")):
         try:
@@ -228,3 +231,49 @@ def surprising(lesson: Lesson, result: dict, device_class: str) -> bool:
     """A result whose verdict is the opposite of the expectation (noise is never a surprise)."""
     expected = lesson.expected[device_class]["verdict"]
     return {expected, result["verdict"]} == {"better", "worse"}
+
+
+# -- the room's view --------------------------------------------------------------------------------------
+def board(store, lesson: Lesson) -> list[dict]:
+    """Each person's latest attempt at the lesson: one row per change (or variant) with a result."""
+    latest: dict[str, list] = {}
+    for runs in attempts(store, lesson).values():
+        latest[runs[0].user] = runs            # attempts come oldest first
+    rows = []
+    for user, runs in latest.items():
+        for r in results(lesson, runs):
+            lo, hi = r["ci95"] or (None, None)
+            rows.append({"user": user, "label": r["label"], "ratio": r["ratio"], "lo": lo, "hi": hi,
+                         "verdict": r["verdict"], "run_id": r["run"].id,
+                         "device_label": (r["run"].summary or {}).get("device_label")})
+    return rows
+
+
+def progress(store, lesson: Lesson) -> dict:
+    """How far the room is: people who launched the lesson, and those whose latest attempt finished."""
+    latest: dict[str, list] = {}
+    for runs in attempts(store, lesson).values():
+        latest[runs[0].user] = runs
+    return {"launched": len(latest), "finished": sum(all(r.finished for r in runs) for runs in latest.values()),
+            "people": sorted(latest)}
+
+
+def leaderboard(store, lesson: Lesson, device_class: str) -> list[dict]:
+    """Finished runs on the lesson's data set and target (from the lesson or changed in the Lab), by
+    training seconds to the target; runs that never reached it come last with their best accuracy."""
+    _, reference = lesson.configs(device_class)[0]
+    rows = []
+    for run in store.list(status="done"):
+        c, s = run.config, run.summary or {}
+        if c.get("dataset") != reference.dataset or c.get("target_accuracy") != reference.target_accuracy:
+            continue
+        if s.get("best_test_accuracy") is None:
+            continue
+        changes = RunConfig.from_dict(c).changes_from(reference)
+        changes.pop("device", None)
+        rows.append({"user": run.user, "run_id": run.id, "time_to_target_s": s.get("time_to_target_s"),
+                     "best_accuracy": s["best_test_accuracy"], "epochs": c.get("epochs"),
+                     "changes": ", ".join(f"{k}={v}" for k, v in sorted(changes.items())) or "the lesson's settings",
+                     "device_label": s.get("device_label")})
+    rows.sort(key=lambda r: (r["time_to_target_s"] is None, r["time_to_target_s"] or 0, -r["best_accuracy"]))
+    return rows

@@ -91,3 +91,49 @@ def test_the_instructor_cancels_anyones_run(app, store):
     at = _runs_page_on(app, store, token, theirs)
     next(b for b in at.button if b.label == "Cancel").click().run()
     assert not at.error and store.get(theirs).status == "cancelled"
+
+
+# -- lessons, limits, the board, the instructor -------------------------------------------------------------
+def test_a_lesson_launches_its_runs_in_one_click(app, store):
+    from optlab import lessons
+    _, token = people.join(store, "Ada")
+    at = app("app_pages/workshop.py", me=token)
+    at.selectbox(key="room_lesson").set_value("2-channels-last").run()
+    at.button(key="room_launch").click().run()
+    runs = store.list(user="Ada", newest_first=False)
+    assert [r.label for r in runs] == ["NCHW (baseline)", "channels_last"]
+    assert runs[1].config["channels_last"] and runs[0].config["device"] == "cpu"
+    assert runs[0].sweep_id.startswith("lesson-2-channels-last-")
+    assert "Queued 2 runs" in at.success[-1].value
+    assert lessons.progress(store, lessons.load()[1])["launched"] == 1
+
+
+def test_the_per_person_limit_refuses_a_lesson_with_the_reason(app, store, monkeypatch):
+    monkeypatch.setenv("OPTLAB_MAX_QUEUED", "2")
+    _, token = people.join(store, "Ada")
+    at = app("app_pages/workshop.py", me=token)
+    at.selectbox(key="room_lesson").set_value("4-batch-size").run()
+    at.button(key="room_launch").click().run()
+    assert "Nothing was queued: Ada has 0 run(s) waiting and the room allows 2 per person: these add 3" in at.error[0].value
+    assert store.list() == []
+
+
+def test_without_joining_a_lesson_is_refused(app, store):
+    at = app("app_pages/workshop.py")
+    at.button(key="room_launch").click().run()
+    assert "join the workshop first" in at.error[0].value and store.list() == []
+
+
+def test_only_the_instructor_sees_the_instructor_view_and_pauses_the_queue(app, store):
+    from optlab import fairuse
+    _, ada = people.join(store, "Ada")
+    assert "Instructor" not in [t.label for t in app("app_pages/workshop.py", me=ada).tabs]
+    boss, token = people.join(store, "Lin")
+    people.promote(store, boss, "room-secret-42")
+    store.submit(tiny_config(), user="Ada")
+    at = app("app_pages/workshop.py", me=token)
+    assert "Instructor" in [t.label for t in at.tabs]
+    at.button(key="room_pause").click().run()
+    assert fairuse.paused(store).endswith("Lin")
+    queue = next(d for d in at.dataframe if "expected start" in d.value.columns)
+    assert list(queue.value["person"]) == ["Ada"] and list(queue.value["expected start"]) == ["unknown"]
