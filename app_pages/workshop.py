@@ -115,7 +115,8 @@ with tabs["Lessons"]:
         st.markdown(f"**Your latest attempt** ({len(attempts)} so far)")
         for run in runs:
             fraction, text = views.progress_of(run)
-            st.progress(fraction if not run.finished else 1.0, text=f"#{run.id} {run.label} — {run.status}: {text}")
+            st.progress(1.0 if run.finished else fraction,
+                        text=f"#{run.id} {run.label} — " + (run.status if run.finished else f"{run.status}: {text}"))
         waiting = queue_rows(fairuse.queue_places(store), only_user=user)
         if waiting:
             st.caption("Your place in the queue")
@@ -156,7 +157,8 @@ with tabs["Room board"]:
             return
         rows = lessons.board(store, board_lesson)
         done = lessons.progress(store, board_lesson)
-        st.caption(f"{done['launched']} people launched this lesson, {done['finished']} finished.")
+        st.caption(f"Launched by {done['launched']} {'person' if done['launched'] == 1 else 'people'}; "
+                   f"finished: {done['finished']}.")
         if not rows:
             st.caption("No results yet: a result needs the baseline and a change both finished.")
             return
@@ -183,11 +185,14 @@ if "Instructor" in tabs:
                         f"{snap.get('mem_used_mb', 'n/a')} MB")
             running = store.list(status="running")
             st.markdown(f"**Running now** ({len(running)})")
-            st.dataframe([{"person": r.user, "run": f"#{r.id} {views.run_name(r)}",
-                           "running for": f"{time.time() - (r.started_at or time.time()):.0f} s",
-                           "progress": views.progress_of(r)[1]} for r in running], hide_index=True)
-            st.markdown("**Queue** (in the order runs will start)")
-            st.dataframe(queue_rows(fairuse.queue_places(store)), hide_index=True)
+            if running:
+                st.dataframe([{"person": r.user, "run": f"#{r.id} {views.run_name(r)}",
+                               "running for": f"{time.time() - (r.started_at or time.time()):.0f} s",
+                               "progress": views.progress_of(r)[1]} for r in running], hide_index=True)
+            waiting = queue_rows(fairuse.queue_places(store))
+            st.markdown(f"**Queue** ({len(waiting)}, in the order runs will start)")
+            if waiting:
+                st.dataframe(waiting, hide_index=True)
             st.markdown("**Lesson progress**")
             st.dataframe([{"lesson": l.title, **{k: v for k, v in lessons.progress(store, l).items() if k != "people"},
                            "who": ", ".join(lessons.progress(store, l)["people"])} for l in all_lessons],

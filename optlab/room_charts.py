@@ -26,6 +26,7 @@ def lesson_board(rows: list[dict], title: str, better: str) -> "object":
         title={"text": f"{title}<br><sup>{device_note(r.get('device_label') for r in rows)} · "
                        f"each dot: one person's change against their own baseline, bars: 95 % interval</sup>"},
         xaxis_title=f"× {better} than the baseline (1 = no change)", yaxis_title=None,
-        font={"size": FONT_SIZE}, height=max(320, 120 + 40 * len({r['user'] for r in rows})),
-        legend={"orientation": "h", "y": -0.25}, margin={"l": 10, "r": 10, "t": 80, "b": 10})
+        font={"size": FONT_SIZE}, height=max(340, 160 + 40 * len({r['user'] for r in rows})),
+        showlegend=True, legend={"title": {"text": "change"}}, margin={"l": 10, "r": 10, "t": 90, "b": 60})
+    fig.update_yaxes(automargin=True, type="category")
     return fig
