@@ -61,15 +61,8 @@ def forget() -> None:
 
 
 def personal_link(token: str) -> str:
-    """The person's own link to the Workshop page: the room's public address (OPTLAB_PUBLIC_URL,
-    set by `make workshop`) or the address this browser used."""
-    import os
-    from urllib.parse import urlsplit
-    base = os.environ.get("OPTLAB_PUBLIC_URL", "").rstrip("/")
-    if not base:
-        url = urlsplit(st.context.url or "http://localhost:8501/")
-        base = f"{url.scheme}://{url.netloc}"
-    return f"{base}/workshop?me={token}"
+    """The person's own link to the Workshop page."""
+    return f"{base_url()}/workshop?me={token}"
 
 
 def _write_cookie(token: str, max_age: int) -> None:
@@ -112,3 +105,43 @@ def first_own(runs: list[Run], active_ids: list[int]) -> int | None:
     person = st.session_state.get("person")
     own = [r.id for r in runs if person is not None and r.user == person.name]
     return next((i for i in own if i in active_ids), own[0] if own else None)
+
+
+def base_url() -> str:
+    """The room's public address (OPTLAB_PUBLIC_URL, set by `make workshop`) or the one this browser used."""
+    import os
+    from urllib.parse import urlsplit
+    base = os.environ.get("OPTLAB_PUBLIC_URL", "").rstrip("/")
+    if not base:
+        url = urlsplit(st.context.url or "http://localhost:8501/")
+        base = f"{url.scheme}://{url.netloc}"
+    return base
+
+
+def shared_setup():
+    """The RunConfig in this page's `?setup=` link, once per link (None otherwise, or when broken)."""
+    from optlab import share
+    from optlab.config import ConfigError
+    text = st.query_params.get(share.PARAM)
+    if not text or st.session_state.get("_room_setup") == text:
+        return None
+    st.session_state["_room_setup"] = text
+    try:
+        cfg = share.decode(text)
+    except ConfigError as e:
+        st.warning(f"The shared link's setup was not used: {e}", icon=":material/link_off:")
+        return None
+    st.info("The form holds the setup from the link you opened.", icon=":material/link:")
+    return cfg
+
+
+def share_link(values: dict) -> None:
+    """A link that opens the Lab with the form as it is now."""
+    from optlab import share, views
+    from optlab.config import ConfigError
+    with st.expander("Share this setup", icon=":material/share:"):
+        try:
+            st.code(share.link(base_url(), views.config_from_form(values)), language=None, wrap_lines=True)
+            st.caption("Opening this link fills the Lab form with these settings.")
+        except ConfigError as e:
+            st.caption(f"Fix the form to get a link: {e}")
