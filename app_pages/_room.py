@@ -118,10 +118,38 @@ def base_url() -> str:
     return base
 
 
+def lesson_focus() -> None:
+    """`?lesson=ID` (the Workshop page's "Open in the Lab"): the Lab shows that lesson's knobs only,
+    until the person asks for all of them."""
+    from optlab import lessons
+    wanted = st.query_params.get("lesson")
+    if wanted and st.session_state.get("_room_focus_from") != wanted:
+        st.session_state["_room_focus_from"] = wanted
+        found = {lesson.id: lesson for lesson in lessons.load()}.get(wanted)
+        st.session_state["_room_focus"] = (found.title, list(found.knobs)) if found else None
+    focus = st.session_state.get("_room_focus")
+    if focus:
+        title, knobs = focus
+        left, right = st.columns([4, 1])
+        left.caption(f"Lesson: {title}. The form shows the settings this lesson is about; the others keep "
+                     "their values.")
+        if right.button("Show every setting", key="room_unfocus"):
+            st.session_state["_room_focus"] = None
+            st.rerun()
+
+
+def shown(name: str) -> bool:
+    """Whether the Lab draws the widget for this setting (all, unless a lesson narrows them)."""
+    focus = st.session_state.get("_room_focus")
+    return not focus or name in focus[1]
+
+
 def shared_setup():
-    """The RunConfig in this page's `?setup=` link, once per link (None otherwise, or when broken)."""
+    """The RunConfig in this page's `?setup=` link, once per link (None otherwise, or when broken);
+    also applies a lesson's focus (`?lesson=`)."""
     from optlab import share
     from optlab.config import ConfigError
+    lesson_focus()
     text = st.query_params.get(share.PARAM)
     if not text or st.session_state.get("_room_setup") == text:
         return None

@@ -126,7 +126,7 @@ with st.container(border=True):
         with column:
             st.markdown(f"**{group}**")
             for name, knob in views.KNOBS.items():
-                if knob.group == group:
+                if knob.group == group and _room.shown(name):
                     widget(name)
     with st.expander("Compression after training", expanded=bool(values["compress_methods"]
                                                                      or values["compress_json"])):

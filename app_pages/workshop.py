@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from app_pages import _room
-from optlab import fairuse, lessons, people, room_charts, views
+from optlab import fairuse, lessons, people, room_charts, share, views
 from optlab.config import ConfigError
 from optlab.store import Store
 
@@ -103,6 +103,9 @@ with tabs["Lessons"]:
         except ConfigError as e:   # fairuse.Refused is a ConfigError
             st.error(f"Nothing was queued: {e}", icon=":material/block:")
 
+    _, baseline = lesson.configs(device_class)[0]
+    st.page_link("app_pages/lab.py", label="Open the baseline in the Lab (this lesson's knobs only)",
+                 icon=":material/science:", query_params={"setup": share.encode(baseline), "lesson": lesson.id})
     mine = list(lessons.attempts(store, lesson, user).values()) if user else []
 
     @st.fragment(run_every=3 if mine and not all(r.finished for r in mine[-1]) else None)

@@ -55,3 +55,20 @@ def test_opening_a_shared_link_fills_the_lab_form(monkeypatch):
     shown = next(c.value for c in at.code if "?setup=" in c.value)
     [value] = parse_qs(urlsplit(shown).query)[share.PARAM]
     assert share.decode(value) == cfg          # the page's own link gives the same setup back
+
+
+def test_a_lesson_opened_in_the_lab_shows_its_knobs_until_asked_for_all(monkeypatch):
+    from optlab import lessons
+    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
+    lesson = next(l for l in lessons.load() if "channels-last" in l.id)
+    _, baseline = lesson.configs("cpu")[0]
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params[share.PARAM] = share.encode(baseline)
+    at.query_params["lesson"] = lesson.id
+    at.run()
+    assert not at.exception
+    assert _knob(at, "toggle", "channels_last").value is False
+    with pytest.raises(StopIteration):
+        _knob(at, "number_input", "epochs")                 # not a knob of this lesson: hidden
+    at.button(key="room_unfocus").click().run()
+    assert _knob(at, "number_input", "epochs").value == baseline.epochs
