@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from optlab import advisor, profile_charts, profiling, tensorboard
+from optlab.config import ConfigError
 from optlab.store import Store
 
 store = Store()
@@ -68,7 +69,11 @@ def draw_advice(run, summary: dict) -> None:
                 st.json(a.evidence)
             if a.tryable:
                 if st.button(f"Try it: {advisor.describe_change(a.change)}", key=f"try_{run.id}_{a.rule}_{n}"):
-                    child = advisor.try_advice(store, run, a, user=state.get("user", ""))
+                    try:   # the room's limits (optlab.fairuse) may refuse it, with the reason
+                        child = advisor.try_advice(store, run, a, user=state.get("user", ""))
+                    except ConfigError as e:
+                        st.error(f"Nothing was queued: {e}", icon=":material/block:")
+                        continue
                     st.success(f"Queued run #{child} ({advisor.describe_change(a.change)}); "
                                "its outcome appears below when it is done.", icon=":material/check:")
     children = [r for r in store.list() if r.parent_id == run.id and store.metrics(r.id, "advice")]

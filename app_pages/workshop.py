@@ -18,6 +18,19 @@ person = state.get("person")
 
 st.title("Workshop")
 
+
+def when(ts):
+    return "unknown" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def queue_rows(places, only_user=None):
+    return [{"place": p["place"], "run": f"#{p['run'].id} {views.run_name(p['run'])}", "person": p["user"],
+             "expected start": when(p["expected_start"]),
+             "estimated length": f"{p['estimate'].seconds:.0f} s" if p["estimate"].seconds else "no estimate",
+             "estimate from": p["estimate"].basis}
+            for p in places if only_user is None or p["user"] == only_user]
+
+
 # -- who you are -----------------------------------------------------------------------------------
 if person is None:
     st.caption("Join with a name: your runs carry it, and only you (and the instructor) can cancel or delete them.")
@@ -49,6 +62,11 @@ else:
                     st.rerun()
                 except people.JoinError as e:
                     st.error(str(e), icon=":material/error:")
+    waiting = queue_rows(fairuse.queue_places(store), only_user=person.name)
+    if waiting:
+        st.markdown(f"**Your runs in the queue** ({len(waiting)}; the queue is "
+                    f"{'paused by the instructor' if fairuse.paused(store) else 'moving'})")
+        st.dataframe(waiting, hide_index=True)
     if st.button("Leave (forget me in this browser)", key="room_leave", icon=":material/logout:"):
         _room.forget()
         st.rerun()
@@ -62,18 +80,6 @@ user = person.name if person else state.get("user", "")
 
 tab_names = ["Lessons", "Room board"] + (["Instructor"] if person and person.is_instructor else [])
 tabs = dict(zip(tab_names, st.tabs(tab_names)))
-
-
-def when(ts):
-    return "unknown" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
-
-
-def queue_rows(places, only_user=None):
-    return [{"place": p["place"], "run": f"#{p['run'].id} {views.run_name(p['run'])}", "person": p["user"],
-             "expected start": when(p["expected_start"]),
-             "estimated length": f"{p['estimate'].seconds:.0f} s" if p["estimate"].seconds else "no estimate",
-             "estimate from": p["estimate"].basis}
-            for p in places if only_user is None or p["user"] == only_user]
 
 
 with tabs["Lessons"]:
@@ -120,10 +126,6 @@ with tabs["Lessons"]:
             fraction, text = views.progress_of(run)
             st.progress(1.0 if run.finished else fraction,
                         text=f"#{run.id} {run.label} — " + (run.status if run.finished else f"{run.status}: {text}"))
-        waiting = queue_rows(fairuse.queue_places(store), only_user=user)
-        if waiting:
-            st.caption("Your place in the queue")
-            st.dataframe(waiting, hide_index=True)
         for r in lessons.results(lesson, runs):
             interval = f" (95 % interval {r['ci95'][0]:.2f}x–{r['ci95'][1]:.2f}x)" if r["ci95"] else ""
             st.metric(f"{r['label']} against the baseline", f"{r['ratio']:.2f}x {METRIC_WORD}",

@@ -137,3 +137,14 @@ def test_only_the_instructor_sees_the_instructor_view_and_pauses_the_queue(app, 
     assert fairuse.paused(store).endswith("Lin")
     queue = next(d for d in at.dataframe if "expected start" in d.value.columns)
     assert list(queue.value["person"]) == ["Ada"] and list(queue.value["expected start"]) == ["unknown"]
+
+
+def test_a_participant_sees_their_place_in_the_queue(app, store):
+    store.submit(tiny_config(), user="Grace")
+    mine = store.submit(tiny_config(), user="Ada")
+    _, token = people.join(store, "Ada")
+    at = app("app_pages/workshop.py", me=token)
+    table = next(d for d in at.dataframe if "expected start" in d.value.columns).value
+    assert list(table["place"]) == [2] and list(table["run"])[0].startswith(f"#{mine} ")
+    assert list(table["estimated length"]) == ["no estimate"]
+    assert "no finished run of speednet" in list(table["estimate from"])[0]
