@@ -127,6 +127,11 @@ def lesson_focus() -> None:
         st.session_state["_room_focus_from"] = wanted
         found = {lesson.id: lesson for lesson in lessons.load()}.get(wanted)
         st.session_state["_room_focus"] = (found.title, list(found.knobs)) if found else None
+    pinned = room_focus()
+    if pinned:
+        st.caption(f"Lesson: {pinned[0]}. The instructor shows the settings this lesson is about; the others "
+                   "keep their values.")
+        return
     focus = st.session_state.get("_room_focus")
     if focus:
         title, knobs = focus
@@ -138,9 +143,21 @@ def lesson_focus() -> None:
             st.rerun()
 
 
+def room_focus():
+    """(lesson title, knobs) the instructor pinned for every participant's Lab, or None."""
+    from optlab import fairuse, lessons
+    person = st.session_state.get("person")
+    if person is not None and person.is_instructor:
+        return None
+    pinned = fairuse.setting(Store(), "lab_focus")
+    found = {lesson.id: lesson for lesson in lessons.load()}.get(pinned) if pinned else None
+    return (found.title, list(found.knobs)) if found else None
+
+
 def shown(name: str) -> bool:
-    """Whether the Lab draws the widget for this setting (all, unless a lesson narrows them)."""
-    focus = st.session_state.get("_room_focus")
+    """Whether the Lab draws the widget for this setting: all of them, unless a lesson narrows them
+    (the person's own choice, or the instructor's for the whole room)."""
+    focus = room_focus() or st.session_state.get("_room_focus")
     return not focus or name in focus[1]
 
 

@@ -182,6 +182,14 @@ if "Instructor" in tabs:
             fairuse.set_paused(store, not halted, by=person.name)
             st.rerun()
 
+        pinned = fairuse.setting(store, "lab_focus")
+        choice = st.selectbox("Lab settings for every participant", ["all", *by_id], key="room_pin",
+                              index=([*by_id].index(pinned) + 1) if pinned in by_id else 0,
+                              format_func=lambda i: "every setting" if i == "all" else f"only {by_id[i].title}'s",
+                              help="Pin a lesson: every participant's Lab shows only that lesson's settings.")
+        if (choice if choice != "all" else None) != pinned:
+            fairuse.set_setting(store, "lab_focus", None if choice == "all" else choice)
+
         @st.fragment(run_every=3)
         def room_status():
             if info.is_gpu:

@@ -161,26 +161,34 @@ def admit(store, cfg: RunConfig, user: str, limits: Limits | None = None) -> Est
     return admit_many(store, [cfg], user, limits)[0]
 
 
-# -- the instructor's pause ----------------------------------------------------------------------------
-def _settings(store):
+# -- the instructor's settings for the room: the pause, the Lab's focus ----------------------------------
+def _settings(store) -> dict[str, str]:
     with store.connect() as db:
         db.execute(_SCHEMA)
         return {r["key"]: r["value"] for r in db.execute("SELECT key, value FROM room_settings")}
 
 
-def set_paused(store, paused: bool, by: str = "") -> None:
+def setting(store, key: str) -> str | None:
+    return _settings(store).get(key)
+
+
+def set_setting(store, key: str, value: str | None) -> None:
+    """Set (or with None, clear) one room setting."""
     with store.connect() as db:
         db.execute(_SCHEMA)
-        if paused:
-            db.execute("INSERT OR REPLACE INTO room_settings (key, value) VALUES ('paused', ?)",
-                       (f"{time.time():.0f} {by}",))
+        if value is None:
+            db.execute("DELETE FROM room_settings WHERE key = ?", (key,))
         else:
-            db.execute("DELETE FROM room_settings WHERE key = 'paused'")
+            db.execute("INSERT OR REPLACE INTO room_settings (key, value) VALUES (?, ?)", (key, value))
+
+
+def set_paused(store, paused: bool, by: str = "") -> None:
+    set_setting(store, "paused", f"{time.time():.0f} {by}" if paused else None)
 
 
 def paused(store) -> str | None:
     """Who paused the queue and when ('1700000000 Lin'), or None when it runs."""
-    return _settings(store).get("paused")
+    return setting(store, "paused")
 
 
 # -- places in the queue -------------------------------------------------------------------------------

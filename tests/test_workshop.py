@@ -148,3 +148,18 @@ def test_a_participant_sees_their_place_in_the_queue(app, store):
     assert list(table["place"]) == [2] and list(table["run"])[0].startswith(f"#{mine} ")
     assert list(table["estimated length"]) == ["no estimate"]
     assert "no finished run of speednet" in list(table["estimate from"])[0]
+
+
+def test_the_instructor_pins_a_lessons_settings_for_every_participants_lab(app, store):
+    boss, boss_token = people.join(store, "Lin")
+    people.promote(store, boss, "room-secret-42")
+    _, ada = people.join(store, "Ada")
+    at = app("app_pages/workshop.py", me=boss_token)
+    at.selectbox(key="room_pin").set_value("2-channels-last").run()
+    lab = app(me=ada)                                              # Ada's Lab
+    keys = [w.key or "" for w in lab.toggle] + [w.key or "" for w in lab.number_input]
+    assert any(k.startswith("lab_channels_last_") for k in keys)
+    assert not any(k.startswith("lab_epochs_") for k in keys)
+    assert "The instructor shows the settings" in " ".join(c.value for c in lab.caption)
+    boss_lab = app(me=boss_token)                                  # the instructor still sees everything
+    assert any((w.key or "").startswith("lab_epochs_") for w in boss_lab.number_input)
