@@ -1,7 +1,7 @@
 """A small room in a real browser: two people in separate browser contexts and the instructor in a
 third, against `streamlit run app.py` in workshop mode with its scheduler. Names survive a reload,
 a lesson's runs train and reach the room board, a participant is refused when deleting another's
-run, the instructor is allowed. Screenshots go to tests/artifacts/ (git-ignored)."""
+run, the instructor is allowed, a shared-setup link fills the Lab form. Screenshots go to tests/artifacts/ (git-ignored)."""
 import json
 from pathlib import Path
 
@@ -85,6 +85,15 @@ def test_a_room_of_two_people_and_the_instructor(room, server, tmp_path, isolate
             lin.get_by_role("button", name="Delete").click()
             lin.get_by_role("button", name="Delete for good").click()
             expect(lin.get_by_role("heading", name="Run #2 · done")).to_be_visible()
+
+            # a shared setup: Grace opens the link Lin's Lab shows for a setup, and her form fills
+            from optlab import share
+            from optlab.config import RunConfig
+            setup = RunConfig(model="resnet18", precision="bf16", epochs=3, device="cpu")
+            grace.goto(share.link(server, setup))
+            expect(grace.get_by_text("The form holds the setup from the link you opened.")).to_be_visible()
+            expect(grace.get_by_label("Epochs", exact=True)).to_have_value("3")
+            shoot(grace, "room_shared_setup.png", tmp_path)
         finally:
             browser.close()
     assert store.get(1) is None and store.get(2).user == "Ada"
