@@ -127,7 +127,7 @@ def lesson_focus() -> None:
         st.session_state["_room_focus_from"] = wanted
         found = {lesson.id: lesson for lesson in lessons.load()}.get(wanted)
         st.session_state["_room_focus"] = (found.title, list(found.knobs)) if found else None
-    pinned = room_focus()
+    pinned = st.session_state["_room_pinned"] = room_focus()   # read once per run, not once per widget
     if pinned:
         st.caption(f"Lesson: {pinned[0]}. The instructor shows the settings this lesson is about; the others "
                    "keep their values.")
@@ -157,7 +157,7 @@ def room_focus():
 def shown(name: str) -> bool:
     """Whether the Lab draws the widget for this setting: all of them, unless a lesson narrows them
     (the person's own choice, or the instructor's for the whole room)."""
-    focus = room_focus() or st.session_state.get("_room_focus")
+    focus = st.session_state.get("_room_pinned") or st.session_state.get("_room_focus")
     return not focus or name in focus[1]
 
 
