@@ -1,11 +1,12 @@
 # make run  - set up .venv on first use, then start the OptLab app
 # make test - set up .venv on first use, then run the whole test suite
+# make workshop - serve a room on the local network (see README: Workshop mode)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: run test cli bench clean
+.PHONY: run test cli bench clean workshop
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +16,20 @@ $(STAMP): requirements.txt
 
 run: $(STAMP)
 	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+# A room: every interface, XSRF protection on, the address to share printed, links (personal links,
+# TensorBoard) built on that address; limits per person unless already set. The instructor secret
+# is printed here only, for the person who started the server; it never goes into a link.
+workshop: $(STAMP)
+	@host=$${OPTLAB_PUBLIC_HOST:-$$($(PY) -m optlab.netaddr)}; \
+	secret=$${OPTLAB_INSTRUCTOR_SECRET:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(12))')}; \
+	echo "Share this address with the room:  http://$$host:$(PORT)/workshop"; \
+	echo "Instructor secret (for you only; type it on the Workshop page): $$secret"; \
+	OPTLAB_WORKSHOP=1 OPTLAB_INSTRUCTOR_SECRET=$$secret OPTLAB_PUBLIC_HOST=$$host \
+	OPTLAB_PUBLIC_URL=http://$$host:$(PORT) OPTLAB_TB_HOST=$${OPTLAB_TB_HOST:-0.0.0.0} \
+	OPTLAB_MAX_QUEUED=$${OPTLAB_MAX_QUEUED:-3} OPTLAB_RUN_BUDGET_S=$${OPTLAB_RUN_BUDGET_S:-600} \
+	$(PY) -m streamlit run app.py --server.address 0.0.0.0 --server.port $(PORT) \
+		--server.enableXsrfProtection true --server.headless true --browser.gatherUsageStats false
 
 test: $(STAMP)
 	$(PY) -m pytest -q

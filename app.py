@@ -10,6 +10,7 @@ import os
 
 import streamlit as st
 
+from app_pages import _room
 from optlab import device as devices
 from optlab.store import Store, optlab_home
 
@@ -45,12 +46,12 @@ pages = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/insights:"),
     st.Page("app_pages/profile.py", title="Profile", icon=":material/speed:"),
+    st.Page("app_pages/workshop.py", title="Workshop", icon=":material/groups:"),
 ]
 page = st.navigation(pages)
 
 with st.sidebar:
-    st.text_input("Your name", key="user", placeholder="shown next to your runs",
-                  help="Shown next to the runs you launch, so a room sharing one GPU knows whose run is whose.")
+    _room.name_field(_room.current(Store(home)))   # the joined person's name, or a free label
     if info.is_gpu:
         memory = f" · {info.total_memory_mb / 1024:.0f} GiB" if info.total_memory_mb else ""
         st.caption(f":material/memory: **{info.label}**{memory}")

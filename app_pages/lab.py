@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages import _room
 from optlab import repeats, views
 from optlab.compress import METHODS, available_methods
 from optlab.config import DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS, PRESETS, ConfigError, preset
@@ -79,6 +80,9 @@ if source and state.get("_lab_from") != source:
         fill(views.form_values(run.run_config))
         st.info(f"The form holds the settings of run #{run.id}: change what you like and launch.")
 
+if (shared := _room.shared_setup()) is not None:   # a link with ?setup=… fills the form
+    fill(views.form_values(shared))
+
 st.selectbox("Start from a preset", list(PRESETS), index=None, key="lab_preset", on_change=apply_preset,
              placeholder="Choose a preset to fill the form…",
              help="Named starting points: baseline (fp32), amp (bf16 + channels-last), amp-gpu-data, "
@@ -122,7 +126,7 @@ with st.container(border=True):
         with column:
             st.markdown(f"**{group}**")
             for name, knob in views.KNOBS.items():
-                if knob.group == group:
+                if knob.group == group and _room.shown(name):
                     widget(name)
     with st.expander("Compression after training", expanded=bool(values["compress_methods"]
                                                                      or values["compress_json"])):
@@ -155,6 +159,7 @@ with st.container(border=True):
     launch_sweep = right.button("Launch sweep", icon=":material/grid_view:", width="stretch")
 
 values = state["_lab_values"] = {name: state.get(key(name), values[name]) for name in values}
+_room.share_link(values)
 
 # -- launch ------------------------------------------------------------------------------------------
 if launch_one or launch_sweep:

@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from optlab import advisor, profile_charts, profiling, repeats, report, tensorboard, views
+from optlab.config import ConfigError
 from optlab.store import Store
 
 store = Store()
@@ -70,7 +71,11 @@ def draw_advice(run, summary: dict) -> None:
                 st.json(a.evidence)
             if a.tryable:
                 if st.button(f"Try it: {advisor.describe_change(a.change)}", key=f"try_{run.id}_{a.rule}_{n}"):
-                    child = advisor.try_advice(store, run, a, user=state.get("user", ""))
+                    try:   # the room's limits (optlab.fairuse) may refuse it, with the reason
+                        child = advisor.try_advice(store, run, a, user=state.get("user", ""))
+                    except ConfigError as e:
+                        st.error(f"Nothing was queued: {e}", icon=":material/block:")
+                        continue
                     more = (run.config.get("repeats") or 1) - 1
                     st.success(f"Queued run #{child}" + (f" and {more} more repeats" if more else "")
                                + f" ({advisor.describe_change(a.change)}); its outcome appears below when it is done.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages import _room
 from optlab import bundle, charts, repeats, report, views
 from optlab.cli import summary_rows
 from optlab.store import Store
@@ -94,7 +95,7 @@ if runs:
         state["_runs_from"] = wanted
         state["runs_selected"] = int(wanted)
     if state.get("runs_selected") not in by_id:
-        state["runs_selected"] = active_ids[0] if active_ids else runs[0].id
+        state["runs_selected"] = _room.first_own(runs, active_ids) or (active_ids[0] if active_ids else runs[0].id)
     selected = st.selectbox("Run", list(by_id), key="runs_selected",
                             format_func=lambda i: f"#{i} · {views.run_name(by_id[i])}"
                                                   + (f" · {by_id[i].user}" if by_id[i].user else ""))
@@ -102,7 +103,7 @@ if runs:
 
     buttons = st.container(horizontal=True)
     if buttons.button("Cancel", icon=":material/stop_circle:", disabled=run.finished,
-                         help="Stop this run (a queued run is removed from the queue)."):
+                         help="Stop this run (a queued run is removed from the queue).") and _room.allowed(run):
         from optlab.scheduler import cancel
         st.toast(f"Run #{run.id}: {cancel(store, run.id)}")
         st.rerun()
@@ -114,7 +115,7 @@ if runs:
     with buttons.popover("Delete", icon=":material/delete:", disabled=not run.finished,
                             help="Remove this run, its figures and its files."):
         st.write(f"Delete run #{run.id} and its artifacts? This cannot be undone.")
-        if st.button("Delete for good", type="primary", key="runs_delete"):
+        if st.button("Delete for good", type="primary", key="runs_delete") and _room.allowed(run):
             store.delete(run.id)
             state.pop("runs_selected", None)
             st.rerun()

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from optlab import fairuse
 from optlab.store import Run, Store
 from optlab.worker import log_tail
 
@@ -124,6 +125,7 @@ class Job:
     log: Path | None = None
     term_at: float | None = None
     killed: bool = False
+    stop_reason: str | None = None         # why the scheduler stopped it (over the room's budget)
 
     def poll(self) -> tuple[bool, int | None]:
         """(ended, return code); the code is unknown for adopted workers."""
@@ -297,8 +299,10 @@ class Scheduler:
                     self._recover()
                     self._recovered = True
                 self._reap()
+                self._enforce_budget()
                 self._enforce_cancels()
-                self._fill()
+                if fairuse.paused(self.store) is None:
+                    self._fill()
             except Exception:   # a busy database or a failed spawn must not end the scheduler
                 log.exception("scheduler round failed; trying again")
 
@@ -373,6 +377,11 @@ class Scheduler:
         if run is None:
             return
         how = describe_exit(returncode)
+        if job.stop_reason and run.status == "cancelled":     # the worker ended it: keep our reason
+            self.store.update(job.run_id, error=job.stop_reason)
+        elif job.stop_reason and run.status == "running":
+            self._end(job.run_id, "cancelled", f"{job.stop_reason} (the worker {how})", self._log_path(job.run_id))
+            return
         if run.status != "running":
             tail = log_tail(self._log_path(job.run_id))
             if tail:
@@ -395,6 +404,21 @@ class Scheduler:
         if self.store.finish_if_running(run_id, status, error=error, log_tail=tail):
             self.store.add_event(run_id, error, level="error" if status == "failed" else "warning")
             log.warning("run #%d %s: %s", run_id, status, error.splitlines()[0])
+
+    def _enforce_budget(self) -> None:
+        """Stop a run that has run longer than the room's budget per run (OPTLAB_RUN_BUDGET_S)."""
+        budget = fairuse.Limits.from_env().budget_s
+        if not budget or not self.jobs:
+            return
+        for run in self.store.list(ids=list(self.jobs), status="running"):
+            job = self.jobs.get(run.id)
+            ran = time.time() - (run.started_at or time.time())
+            if job is None or job.stop_reason or ran <= budget:
+                continue
+            job.stop_reason = (f"stopped after {ran:.0f} s: over this room's budget of {budget:.0f} s per run "
+                               "(OPTLAB_RUN_BUDGET_S)")
+            self.store.add_event(run.id, job.stop_reason, level="warning")
+            self.store.request_cancel(run.id)
 
     def _enforce_cancels(self) -> None:
         if not self.jobs:

@@ -144,6 +144,9 @@ class Store:
                parent_id: int | None = None, label: str | None = None, status: str = "queued",
                repeat_group: str | None = None, repeat_index: int | None = None) -> int:
         """Queue one run. A config with repeats > 1 is queued as a group by optlab.repeats.submit."""
+        if status == "queued":   # the room's limits (optlab.fairuse): raises Refused with the reason
+            from optlab.fairuse import admit
+            admit(self, config, user)
         with self.connect() as db:
             cur = db.execute(
                 "INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config, repeat_group, "

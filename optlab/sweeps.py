@@ -1,7 +1,8 @@
 """Sweeps: one base RunConfig, one or two knobs with several values each, one run per combination.
 
 `expand` is pure (configs in, configs out) so the form, the CLI and the tests plan sweeps the same
-way; `submit_sweep` validates every combination before queueing any, so a sweep is all or nothing.
+way; `submit_sweep` validates every combination (and checks the room's limits, optlab.fairuse) before
+queueing any, so a sweep is all or nothing.
 """
 from __future__ import annotations
 
@@ -136,6 +137,8 @@ def submit_sweep(store, runs: list[SweepRun], *, user: str = "", device_for=None
             run.config.validate(device_for(run.config) if device_for else None)
         except ConfigError as e:
             raise ConfigError(f"{run.label}: {e}") from None
+    from optlab.fairuse import admit_many
+    admit_many(store, [run.config for run in runs], user)   # the room's limits: all or nothing
     sweep_id = sweep_id or new_sweep_id()
     ids = repeats.queue(store, [(run.config, run.label) for run in runs], user=user, sweep_id=sweep_id)
     return sweep_id, ids

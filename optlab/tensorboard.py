@@ -47,7 +47,9 @@ class TensorBoard:
 
     @property
     def url(self) -> str:
-        host = socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host
+        # listening on every interface: the address the room uses (OPTLAB_PUBLIC_HOST, set by make workshop)
+        host = (os.environ.get("OPTLAB_PUBLIC_HOST") or socket.gethostname()) if self.host in ("0.0.0.0", "::") \
+            else self.host
         return f"http://{host}:{self.port}/"
 
     @property

@@ -92,6 +92,17 @@ def test_a_tried_advice_shows_the_range_the_measured_interval_and_where_it_fell(
     assert outcome["why"] in text
 
 
+def test_try_it_refused_by_the_room_says_why(page_home, monkeypatch):
+    store, run_id = page_home
+    monkeypatch.setattr(advisor, "INPUT_WAIT_SHARE", 0.0)
+    monkeypatch.setenv("OPTLAB_WORKSHOP", "1")                # a room, and nobody joined in this session
+    at = _open(run_id)
+    next(b for b in at.button if b.label.startswith("Try it")).click().run()
+    assert not at.exception
+    assert "Nothing was queued: join the workshop first" in at.error[0].value
+    assert not [r for r in store.list() if r.parent_id == run_id]
+
+
 def _subtitles(figures) -> list[str]:
     return [f.layout.title.subtitle.text for f in figures.values()]
 
