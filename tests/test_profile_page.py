@@ -43,7 +43,8 @@ def test_the_page_draws_the_profile_the_advice_and_the_downloads(page_home):
     text = _text(at)
     assert "CPU" in text and "not a GPU figure" in text
     assert "These are CPU figures" in text                     # the advice
-    assert len(at.get("download_button")) == 2
+    downloads = [b.proto.label for b in at.get("download_button")]
+    assert sorted(downloads) == ["Download inference trace", "Download report", "Download train trace"]
     assert "Open in TensorBoard" in [b.label for b in at.button]
 
 
