@@ -140,7 +140,7 @@ class Store:
 
     def list(self, *, status: str | tuple[str, ...] | None = None, user: str | None = None,
              sweep_id: str | None = None, ids: list[int] | None = None, limit: int | None = None,
-             newest_first: bool = True) -> list[Run]:
+             newest_first: bool = True, parent_id: int | None = None) -> list[Run]:
         where, args = [], []
         if status:
             statuses = (status,) if isinstance(status, str) else tuple(status)
@@ -152,6 +152,9 @@ class Store:
         if sweep_id is not None:
             where.append("sweep_id = ?")
             args.append(sweep_id)
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            args.append(int(parent_id))
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args += [int(i) for i in ids]

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, fields
 
 from optlab.config import ConfigError, RunConfig, parse_batch_size
+from optlab.naming import knob_word
 
 MAX_KNOBS = 2      # a grid of more than two knobs cannot be read off one chart
 MAX_RUNS = 48      # a workshop GPU shared by a room should not be handed a thousand runs by one click
@@ -26,7 +27,8 @@ _NONE = {"none", "default", "-"}
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One combination: the values it sets, a short label naming them, and the full config."""
+    """One combination: the values it sets, a short label naming them ('bf16 · bs=64'), and the
+    full config."""
     values: dict
     label: str
     config: RunConfig
@@ -81,10 +83,6 @@ def parse_values(knob: str, text: str) -> list:
     return values
 
 
-def _format(value) -> str:
-    return "default" if value is None else str(value)
-
-
 def expand(base: RunConfig, axes: dict[str, list]) -> list[SweepRun]:
     """Every combination of the values in `axes` applied to `base`, first knob varying slowest.
 
@@ -108,7 +106,7 @@ def expand(base: RunConfig, axes: dict[str, list]) -> list[SweepRun]:
     runs = []
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo))
-        label = " · ".join(f"{k}={_format(v)}" for k, v in values.items())
+        label = " · ".join(knob_word(k, v, base.device if base.device != "auto" else None) for k, v in values.items())
         runs.append(SweepRun(values, label, base.replace(**values)))
     return runs
 
@@ -129,7 +127,7 @@ def submit_sweep(store, runs: list[SweepRun], *, user: str = "", device_for=None
         try:
             run.config.validate(device_for(run.config) if device_for else None)
         except ConfigError as e:
-            raise ConfigError(f"{run.label}: {e}") from None
+            raise ConfigError(f"{run.label} (one of the sweep's runs): {e}") from None
     sweep_id = sweep_id or new_sweep_id()
     ids = [store.submit(run.config, user=user, sweep_id=sweep_id, label=run.label) for run in runs]
     return sweep_id, ids
