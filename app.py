@@ -3,6 +3,9 @@ background scheduler. `make run` starts it (`streamlit run app.py`).
 
 Widgets defined here live on every page, so the submitter's name survives page changes. Pages
 find the server's device in st.session_state["device_info"].
+
+The navigation and a "starting" line are drawn before anything imports PyTorch: the first visit
+after a server start loads it (several seconds), and the browser shows the app meanwhile.
 """
 from __future__ import annotations
 
@@ -10,12 +13,35 @@ import os
 
 import streamlit as st
 
+import optlab
 from app_pages import _room
-from optlab import device as devices
 from optlab.store import Store, optlab_home
 
 
 st.set_page_config(page_title="OptLab", page_icon="⚡", layout="wide")
+pages = [
+    st.Page("app_pages/lab.py", title="Lab", icon=":material/science:", default=True),
+    st.Page("app_pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/insights:"),
+    st.Page("app_pages/profile.py", title="Profile", icon=":material/speed:"),
+    st.Page("app_pages/workshop.py", title="Workshop", icon=":material/groups:"),
+]
+page = st.navigation(pages)
+with st.sidebar:
+    _room.name_field(_room.current(Store(optlab_home())))   # the joined person's name, or a free label
+starting = st.empty()
+if not getattr(optlab, "engine_ready", False):      # set below, once per server process
+    starting.info("Starting OptLab: loading PyTorch and the model registry. The first visit after a server "
+                  "start takes a few seconds.", icon=":material/hourglass_top:")
+
+
+@st.cache_resource(show_spinner=False)
+def engine() -> None:
+    """The engine modules every page needs, imported once per server (torch among them)."""
+    import optlab.compress  # noqa: F401
+    import optlab.data  # noqa: F401
+    import optlab.models  # noqa: F401
+    optlab.engine_ready = True
 
 
 @st.cache_resource(show_spinner=False)
@@ -31,6 +57,7 @@ def scheduler(home: str):
 @st.cache_resource(show_spinner=False)
 def server_device():
     """The device runs from this server use by default ('auto')."""
+    from optlab import device as devices
     return devices.describe("auto")
 
 
@@ -39,19 +66,11 @@ home = str(optlab_home())
 # tests that check only what the form queues).
 queue = scheduler(home) if os.environ.get("OPTLAB_SCHEDULER", "1") != "0" else None
 info = server_device()
+engine()
+starting.empty()
 st.session_state["device_info"] = info
 
-pages = [
-    st.Page("app_pages/lab.py", title="Lab", icon=":material/science:", default=True),
-    st.Page("app_pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
-    st.Page("app_pages/compare.py", title="Compare", icon=":material/insights:"),
-    st.Page("app_pages/profile.py", title="Profile", icon=":material/speed:"),
-    st.Page("app_pages/workshop.py", title="Workshop", icon=":material/groups:"),
-]
-page = st.navigation(pages)
-
 with st.sidebar:
-    _room.name_field(_room.current(Store(home)))   # the joined person's name, or a free label
     if info.is_gpu:
         memory = f" · {info.total_memory_mb / 1024:.0f} GiB" if info.total_memory_mb else ""
         st.caption(f":material/memory: **{info.label}**{memory}")

@@ -10,6 +10,8 @@ OUTCOMES = [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "
             ("peak_memory_mb", "peak memory (MB)")]
 DEFAULT_COUNT = 6
 
+REFRESH_S = 2
+
 store = Store()
 state = st.session_state
 
@@ -17,13 +19,51 @@ st.title("Compare")
 done = store.list(status="done")         # one query; newest first
 by_id = {r.id: r for r in done}
 sweeps = views.sweeps(done)
+
+# -- a link to one sweep (?sweep=ID): that sweep only, finished or not ----------------------------------
 wanted = st.query_params.get("sweep")
-if wanted:
-    members = store.list(sweep_id=wanted) or store.list(repeat_group=wanted)
-    finished = sum(r.status == "done" for r in members)
-    if finished < len(members):
-        st.info(f"Sweep `{wanted}`: {finished} of {len(members)} runs finished so far; "
-                "reload this page to add the others as they finish.", icon=":material/hourglass_top:")
+def sweep_members(name: str) -> list:
+    """A sweep's runs, or a repeat group's (a single config repeated), in submission order."""
+    return store.list(sweep_id=name, newest_first=False) or store.list(repeat_group=name, newest_first=False)
+
+
+members = sweep_members(wanted) if wanted else []
+if wanted is not None and not members:
+    st.error(f"There is no sweep {views.md_text(wanted)} in this store: it was deleted, or the link comes from "
+             "another OptLab server.", icon=":material/link_off:")
+    st.page_link("app_pages/compare.py", label="Compare other runs", icon=":material/insights:")
+    st.stop()
+
+
+@st.fragment(run_every=REFRESH_S if any(r.status in views.ACTIVE for r in members) else None)
+def sweep_progress():
+    """The linked sweep's runs as they go; the page redraws its charts each time one finishes."""
+    now = sweep_members(wanted)
+    if [r.status for r in now] != [r.status for r in members]:
+        st.rerun()
+    done_now = sum(r.status == "done" for r in now)
+    if done_now == len(now):
+        return
+    active = any(r.status in views.ACTIVE for r in now)
+    st.info(f"Sweep {views.md_text(wanted)}: {done_now} of {views.count(len(now), 'run')} done. "
+            + ("This page adds each run to the charts as it finishes." if active else
+               "The others did not finish: see why below." if done_now else
+               "None finished, so there is nothing to draw: see why below."),
+            icon=":material/hourglass_top:" if active else ":material/info:")
+    names = views.run_names(now)
+    for run in now:
+        name = f"**#{run.id}** {views.md_text(run.label or names[run.id])}"
+        if run.finished:
+            st.markdown(f"{views.STATUS_ICONS.get(run.status, '')} {name} {views.md_text(views.how_it_ended(run))}")
+        else:
+            fraction, text = views.progress_of(run)
+            st.progress(fraction, text=f"{name} — {text}")
+
+
+if members:
+    sweep_progress()
+    if not any(r.status == "done" for r in members):
+        st.stop()                        # nothing of this sweep to draw yet, and nothing else belongs here
 
 if not done:
     st.info("Nothing to compare yet: runs appear here once they finish.", icon=":material/info:")
@@ -31,31 +71,39 @@ if not done:
 else:
     # -- which runs ------------------------------------------------------------------------------
     # Streamlit forgets a page's widgets while another page is shown; copies under "_" keys keep
-    # this visitor's choice of runs across page visits.
+    # this visitor's choice of runs across page visits. A sweep is also kept in the address.
     for key in ("compare_mode", "compare_sweep", "compare_ids"):
         if key not in state and "_" + key in state:
             state[key] = state["_" + key]
-    if wanted in sweeps and state.get("_compare_from") != wanted:
-        state["_compare_from"] = wanted
+    if wanted in sweeps:
         state["compare_mode"], state["compare_sweep"] = "A sweep", wanted
     modes = ["A sweep", "Runs I pick"] if sweeps else ["Runs I pick"]
     if state.get("compare_mode") not in modes:
         state["compare_mode"] = modes[0]
-    mode = (st.radio("Compare", modes, key="compare_mode", horizontal=True, label_visibility="collapsed")
-            if len(modes) > 1 else modes[0])
+
+    def show_in_address() -> None:
+        if state.get("compare_mode") == "A sweep" and state.get("compare_sweep"):
+            st.query_params["sweep"] = state["compare_sweep"]
+        else:
+            st.query_params.pop("sweep", None)
+
+    mode = (st.radio("Compare", modes, key="compare_mode", horizontal=True, label_visibility="collapsed",
+                     on_change=show_in_address) if len(modes) > 1 else modes[0])
     if mode == "A sweep":
         if state.get("compare_sweep") not in sweeps:
             state["compare_sweep"] = next(iter(sweeps))
-        sweep = st.selectbox("Sweep", list(sweeps), key="compare_sweep", format_func=lambda s: (
-            f"{s} · {len(sweeps[s])} runs · {', '.join(views.varying_knobs(sweeps[s])) or 'one setting'} · "
-            f"{views.when(sweeps[s][-1].created_at)}"))
+        sweep = st.selectbox("Sweep", list(sweeps), key="compare_sweep", on_change=show_in_address,
+                             format_func=lambda s: (
+                                 f"{s} · {views.count(len(sweeps[s]), 'finished run')} · "
+                                 f"{', '.join(views.varying_knobs(sweeps[s])) or 'one setting'} · "
+                                 f"{views.when(sweeps[s][-1].created_at)}"))
         selected = sorted(sweeps[sweep], key=lambda r: r.id)
     else:
         state["compare_ids"] = [i for i in state.get("compare_ids", sorted(list(by_id)[:DEFAULT_COUNT]))
                                 if i in by_id]
+        names = views.run_names(done)
         ids = st.multiselect("Runs", list(by_id), key="compare_ids", placeholder="Choose finished runs",
-                             format_func=lambda i: f"#{i} · {views.run_name(by_id[i])}"
-                                                   + (f" · {by_id[i].user}" if by_id[i].user else ""))
+                             format_func=lambda i: views.run_choice(by_id[i], names[i]))
         selected = [by_id[i] for i in sorted(ids)]
     for key in ("compare_mode", "compare_sweep", "compare_ids"):
         if key in state:
@@ -125,13 +173,8 @@ else:
         # -- the figures as a table ---------------------------------------------------------------
         st.subheader("Figures")
         table = views.table_rows(selected)
-        st.dataframe(table, hide_index=True, column_config={
-            k: st.column_config.NumberColumn(format=f) for k, f in (
-                ("train images/s", "%.0f"), ("images/s 95 % low", "%.0f"), ("images/s 95 % high", "%.0f"),
-                ("step ms p50", "%.1f"), ("accuracy %", "%.2f"),
-                ("peak memory MB", "%.0f"), ("train s", "%.1f"), ("time to target s", "%.1f"),
-                ("size MB", "%.2f"), ("latency ms p50", "%.2f"), ("latency ms p90", "%.2f"),
-                ("inference images/s", "%.0f"))})
+        st.dataframe(table, hide_index=True, placeholder=views.MISSING, column_config={
+            k: st.column_config.NumberColumn(format=f) for k, f in views.TABLE_FORMATS.items()})
         st.download_button("Download CSV", views.to_csv(table), file_name="optlab-comparison.csv",
                            mime="text/csv", icon=":material/download:")
         st.download_button("Download report", **report.download(store, [r.id for r in selected]), on_click="ignore",

@@ -4,8 +4,6 @@ try did what was predicted. Works offline: the figures come from the run's own p
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 
 import streamlit as st
 
@@ -23,7 +21,7 @@ def trace_summary(path: str, modified: float) -> dict:
     return profiling.summarize_trace_file(path)
 
 
-def draw_profile(profile: dict, device_label: str | None, key: str) -> None:
+def draw_profile(profile: dict, device_label: str | None, key: str, summary: dict | None = None) -> None:
     if profile.get("reason"):
         st.info(profile["reason"], icon=":material/info:")
     util, host, tc = profile.get("utilisation") or {}, profile.get("host") or {}, profile.get("tensor_cores") or {}
@@ -35,11 +33,15 @@ def draw_profile(profile: dict, device_label: str | None, key: str) -> None:
                    help=f"mean of {profile.get('steps')} profiled steps")
     cols[2].metric("Host per step" if gpu else "Outside operators per step",
                    f"{host['host_ms']:,.1f} ms" if gpu else f"{host['step_ms'] - host['device_ms']:,.1f} ms")
-    cols[3].metric("Tensor Core share", f"{100 * tc['share']:.0f} %" if tc.get("share") is not None else "n/a",
+    cols[3].metric("Tensor Core share", f"{100 * tc['share']:.0f} %" if tc.get("share") is not None
+                   else "n/a" if gpu else "n/a on a CPU",
                    help=tc.get("reason") or "estimated from kernel names (see below)")
     figures = profile_charts.profile_figures(profile, device_label)
     left, right = st.columns(2)
     left.plotly_chart(figures["categories"], theme=None, key=f"{key}_categories")
+    note = profile_charts.input_note(profile, summary or {})
+    if note:
+        left.caption(note)
     right.plotly_chart(figures["busy"], theme=None, key=f"{key}_busy")
     right.plotly_chart(figures["host"], theme=None, key=f"{key}_host")
     if "memory" in figures:
@@ -70,16 +72,20 @@ def draw_advice(run, summary: dict) -> None:
             with st.expander("Evidence"):
                 st.json(a.evidence)
             if a.tryable:
-                if st.button(f"Try it: {advisor.describe_change(a.change)}", key=f"try_{run.id}_{a.rule}_{n}"):
+                change = advisor.describe_change(a.change, summary.get("device"))
+                tried = advisor.tried_child(store, run, a)
+                if tried is not None:   # one run per change: a second click (or visitor) finds it here
+                    st.success(f"Tried as run #{tried} ({change}); its outcome appears below when it is done.",
+                               icon=":material/check:")
+                    st.page_link("app_pages/runs.py", label=f"Watch run #{tried}", icon=":material/visibility:",
+                                 query_params={"run": str(tried)})
+                elif st.button(f"Try it: {change}", key=f"try_{run.id}_{a.rule}_{n}"):
                     try:   # the room's limits (optlab.fairuse) may refuse it, with the reason
-                        child = advisor.try_advice(store, run, a, user=state.get("user", ""))
+                        advisor.try_advice(store, run, a, user=state.get("user", ""))
                     except ConfigError as e:
                         st.error(f"Nothing was queued: {e}", icon=":material/block:")
                         continue
-                    more = (run.config.get("repeats") or 1) - 1
-                    st.success(f"Queued run #{child}" + (f" and {more} more repeats" if more else "")
-                               + f" ({advisor.describe_change(a.change)}); its outcome appears below when it is done.",
-                               icon=":material/check:")
+                    st.rerun()
     # A try with repeats queued several children: one outcome per repeat group.
     tried = [r for r in store.list(newest_first=False) if r.parent_id == run.id and store.metrics(r.id, "advice")]
     children = repeats.units(tried)
@@ -139,18 +145,40 @@ def draw_traces(run) -> None:
 
 st.title("Profile")
 runs = store.list(status="done")
+by_id = {r.id: r for r in runs}
+wanted = st.query_params.get("run")
+if wanted is not None and not (wanted.isdigit() and int(wanted) in by_id):
+    # A link to a run with nothing to show says so, and shows nothing else (no other run's profile).
+    linked = store.get(int(wanted)) if wanted.isdigit() else None
+    if linked is None:
+        st.error(f"There is no run {views.md_text(wanted)} in this store: it was deleted, or the link comes from "
+                 "another OptLab server.", icon=":material/link_off:")
+    else:
+        st.warning(f"Run #{linked.id} has no profile: it {views.md_text(views.how_it_ended(linked))}."
+                   + (" Its profile appears here when it is done." if not linked.finished else ""),
+                   icon=":material/info:")
+        st.page_link("app_pages/runs.py", label=f"Run #{linked.id} on the Runs page", icon=":material/visibility:",
+                     query_params={"run": str(linked.id)})
+    st.page_link("app_pages/profile.py", label="Profiles of finished runs", icon=":material/speed:")
+    st.stop()
 if not runs:
     st.info("No finished runs yet. Launch one from the Lab page; runs profile a short window by default.",
             icon=":material/info:")
-by_id = {r.id: r for r in runs}
-wanted = st.query_params.get("run")
-if wanted and str(wanted).isdigit() and int(wanted) in by_id and state.get("_profile_from") != wanted:
+
+
+def show_in_address() -> None:
+    st.query_params["run"] = str(state["profile_run"])
+
+
+if wanted is not None and state.get("_profile_from") != wanted:
     state["_profile_from"] = wanted
     state["profile_run"] = int(wanted)
 if runs:
-    run_id = st.selectbox("Run", list(by_id), key="profile_run",
-                          format_func=lambda i: (f"#{i} {by_id[i].label}" if by_id[i].label else by_id[i].title)
+    names = views.run_names(runs)
+    run_id = st.selectbox("Run", list(by_id), key="profile_run", on_change=show_in_address,
+                          format_func=lambda i: views.run_choice(by_id[i], names[i])
                           + f" · {(by_id[i].summary or {}).get('device_label', '')}")
+    show_in_address()                    # a reload, or the address shared, opens this run
     run = by_id[run_id]
     summary = dict(run.summary or {})
     label = summary.get("device_label")
@@ -162,9 +190,11 @@ if runs:
                                                     ("Inference window", "profile_inference")) if summary.get(key)}
     if windows:
         choice = st.segmented_control("Window", list(windows), default=list(windows)[0], key="profile_window")
-        draw_profile(windows.get(choice) or next(iter(windows.values())), label, "run")
+        draw_profile(windows.get(choice) or next(iter(windows.values())), label, "run",
+                     summary if choice != "Inference window" else None)
     else:
-        st.warning(f"Run #{run.id} has no profile: {profiling.why_no_trace(store, run)}", icon=":material/warning:")
+        st.warning(f"Run #{run.id} has no profile: {views.md_text(profiling.why_no_trace(store, run))}",
+                   icon=":material/warning:")
     draw_advice(run, summary)
     draw_traces(run)
     st.download_button("Download report", **report.download(store, [run.id]), on_click="ignore",
@@ -173,14 +203,11 @@ if runs:
 with st.expander("Open a shared trace file"):
     upload = st.file_uploader("A torch.profiler trace (.pt.trace.json or .json.gz)", type=["json", "gz"])
     if upload is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / upload.name
-            path.write_bytes(upload.getvalue())
-            try:
-                shared = profiling.summarize_trace_file(path)
-            except ValueError as e:
-                st.error(str(e))
-                shared = None
+        try:
+            shared = profiling.summarize_uploaded_trace(upload.name, upload.getvalue())
+        except ValueError as e:
+            st.error(views.md_text(e), icon=":material/error:")
+            shared = None
         if shared:
             draw_profile(shared, shared.get("device_name") or ("a GPU (from a trace file)" if shared["device"] == "cuda"
                                                                 else "a CPU (from a trace file)"), "shared")

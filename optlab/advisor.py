@@ -322,13 +322,34 @@ def advise(run_summary: dict | None, config: RunConfig | dict, device_info: dict
     return [a for a in (check(evidence) for _, check in RULES.items()) if a is not None]
 
 
-def describe_change(change: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in change.items())
+def describe_change(change: dict, device: str | None = None) -> str:
+    """'pipeline=gpu (data in memory)': each setting as typed, with what it means on `device`
+    when the value alone does not say it."""
+    from optlab.naming import knob_word
+    parts = []
+    for k, v in change.items():
+        word = knob_word(k, v, device)
+        parts.append(f"{k}={v}" + ("" if str(v) in word else f" ({word})"))
+    return ", ".join(parts)
+
+
+def tried_child(store, run, advice: Advice | dict) -> int | None:
+    """The run already queued to try this advice on `run` (queued, running or done), if any: a
+    second click, or a second person, gets that run instead of a duplicate."""
+    change = advice.change if isinstance(advice, Advice) else advice.get("change")
+    if not change:
+        return None
+    wanted = run.run_config.replace(**change).to_dict()
+    for child in store.list(parent_id=run.id, status=("queued", "running", "done"), newest_first=False):
+        if child.config == wanted:
+            return child.id
+    return None
 
 
 def try_advice(store, run, advice: Advice | dict, user: str = "") -> int:
     """Queue the parent's config with the advice's one change as a child run and return its id
-    (the first of its repeat group when the config repeats).
+    (the first of its repeat group when the config repeats); when that child was already queued
+    (see `tried_child`), return it instead of queueing twice.
 
     Each child records the prediction (metric kind "advice") so `advice_outcome` can compare.
     """
@@ -338,7 +359,10 @@ def try_advice(store, run, advice: Advice | dict, user: str = "") -> int:
                           "only advice with a change can be tried")
     from optlab import repeats
     config = run.run_config.replace(**advice.change).validate()   # keeps the parent's repeats
-    label = f"#{run.id} + {describe_change(advice.change)}"
+    existing = tried_child(store, run, advice)
+    if existing is not None:
+        return existing
+    label = f"#{run.id} + {describe_change(advice.change, (run.summary or {}).get('device'))}"
     children = repeats.submit(store, config, user=user, parent_id=run.id, label=label)
     parent = run.summary or {}
     for child in children:

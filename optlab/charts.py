@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from optlab import labels
+
 FONT_SIZE = 15          # readable on a workshop projector
 PALETTE = ("#3B7DD8", "#E8743B", "#19A979", "#ED4A7B", "#945ECF", "#13A4B4", "#525DF4", "#BF399E",
            "#6C8893", "#EE6868", "#2F6497", "#F6AB2F")
@@ -46,19 +48,27 @@ def device_note(labels) -> str:
     return "Mixed devices, compare with care: " + "; ".join(distinct)
 
 
-def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100, legend_on_top: bool = False):
-    """Title, device subtitle and the shared look; `top` leaves room for panel titles or axis labels.
-    `legend_on_top` puts the legend above the plot, clear of long rotated run labels."""
+def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100, legend_on_top: bool = False,
+            note: str | None = None):
+    """Title, device subtitle (after `note`, a line saying what the title has no room for) and the
+    shared look; `top` leaves room for panel titles or axis labels. Titles stay short: half-width
+    charts have about 40 characters of room. `legend_on_top` puts the legend above the plot, clear
+    of long rotated run labels."""
     legend = (dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0) if legend_on_top
               else dict(orientation="h", y=-0.2))
+    subtitle = (note + "<br>" if note else "") + device_note(devices)
     fig.update_layout(
-        title=dict(text=title, subtitle=dict(text=device_note(devices), font=dict(size=13, color="#555")),
+        title=dict(text=title, subtitle=dict(text=subtitle, font=dict(size=13, color="#555")),
                    y=0.98, yanchor="top"),
         template="plotly_white", font=dict(size=FONT_SIZE), height=height,
         margin=dict(t=top + (30 if legend_on_top else 0), l=70, r=30, b=60), legend=legend,
         colorway=list(PALETTE),
     )
     return fig
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _have(row: dict, *keys) -> bool:
@@ -129,13 +139,13 @@ def pareto_scatter(rows: list[dict]):
         fig.add_trace(go.Scatter(
             x=[r["train_images_per_s"] for r in group], y=[_pct(r["test_accuracy"]) for r in group],
             error_x=_error(group, "train_images_per_s"), error_y=_error(group, "test_accuracy", 100),
-            mode="markers+text", name=device, text=[r.get("label", "") for r in group],
-            textposition="top center", cliponaxis=False,
+            mode="markers+text", name=device, text=[r.get("label", "") for r in group], cliponaxis=False,
             marker=dict(size=[r.get("peak_memory_mb") or 0 for r in group], sizemode="area", sizeref=sizeref,
                         sizemin=8, color=PALETTE[n % len(PALETTE)], opacity=0.75,
                         line=dict(width=1, color="white")),
-            customdata=[[r.get("peak_memory_mb"), MEMORY_KINDS.get(r.get("memory_kind"), "")] for r in group],
-            hovertemplate="<b>%{text}</b><br>%{x:,.0f} images/s<br>%{y:.2f} % accuracy"
+            customdata=[[r.get("peak_memory_mb"), MEMORY_KINDS.get(r.get("memory_kind"), ""), r.get("label", "")]
+                        for r in group],
+            hovertemplate="<b>%{customdata[2]}</b><br>%{x:,.0f} images/s<br>%{y:.2f} % accuracy"
                           "<br>peak memory %{customdata[0]:,.0f} MB (%{customdata[1]})<extra></extra>"))
     front = pareto_front([(r["train_images_per_s"], r["test_accuracy"]) for r in usable])
     if len(front) >= 1:
@@ -144,11 +154,24 @@ def pareto_scatter(rows: list[dict]):
             mode="lines+markers", name="Pareto front (best trade-offs)", line=dict(color="#444", dash="dash", width=2),
             marker=dict(symbol="circle-open", size=14, color="#444", line=dict(width=2)),
             line_shape="hv", hoverinfo="skip"))
-    fig.update_xaxes(title_text="Training throughput (images/s, steady state)", rangemode="tozero")
-    fig.update_yaxes(title_text="Test accuracy (%)")
+    fig.update_xaxes(title_text="Training throughput (images/s, steady state)",
+                     range=labels.padded_range([r["train_images_per_s"] for r in usable], from_zero=True))
+    fig.update_yaxes(title_text="Test accuracy (%)", range=labels.padded_range([_pct(r["test_accuracy"]) for r in usable]))
     fig.update_layout(legend=dict(title=dict(
         text="Up and to the right is better.<br>Bubble area = peak memory (MB).", side="top")))
-    return _finish(fig, "Speed vs accuracy", [r.get("device_label") for r in usable], height=520)
+    _finish(fig, "Speed vs accuracy", [r.get("device_label") for r in usable], height=520)
+    _place_labels(fig)
+    return fig
+
+
+def _place_labels(fig) -> None:
+    """Point labels where they overlap nothing (optlab.labels); where none fits, the name is left
+    to the hover and a note says so."""
+    hidden = labels.apply(fig, shorter=lambda text: text.split(" ", 1)[0])   # '#12 bf16 bs=64' -> '#12'
+    if hidden:
+        fig.add_annotation(text=f"{hidden} crowded label{'s' if hidden > 1 else ''} left out: hover a point for its name",
+                           xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="bottom",
+                           showarrow=False, font=dict(size=12, color="#555"))
 
 
 # -- bars ------------------------------------------------------------------------------------------
@@ -201,8 +224,8 @@ def speedup_bars(rows: list[dict], baseline: dict):
     fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
     fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
     fig.update_xaxes(title_text="Run · error bar: 95 % interval of the ratio")
-    return _finish(fig, f"Training speed-up against {baseline.get('label', 'the baseline')}",
-                   [r.get("device_label") for r in usable + [baseline]], legend_on_top=True)
+    return _finish(fig, "Training speed-up", [r.get("device_label") for r in usable + [baseline]],
+                   legend_on_top=True, note=f"1.0 = baseline {_clip(baseline.get('label', ''), 40)}")
 
 
 def _ratio_interval_text(bar: dict) -> str:

@@ -176,7 +176,7 @@ PRESETS: dict[str, RunConfig] = {
                           batch_size=512, epochs=12, lr=0.2, optimizer="sgd", weight_decay=5e-4,
                           warmup_fraction=0.15, label_smoothing=0.2, target_accuracy=0.94),
     "cpu-quick": RunConfig(model="speednet", precision="fp32", device="cpu", epochs=1,
-                           limit_train=4096, limit_test=2000, batch_size=128),
+                           limit_train=4096, limit_test=2000, batch_size=64),   # 64 steps: enough to time and learn
 }
 
 

@@ -199,21 +199,28 @@ def allowed_image_roots() -> list[Path]:
     return [Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p]
 
 
-@DATASETS.register("imagefolder")
-def imagefolder(cfg) -> DataSet:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.v2 import functional as F
-
-    if not cfg.data_path:
+def check_image_folder(data_path: str | None) -> Path:
+    """The folder an imagefolder run may read, resolved; DataError when there is none, it lies
+    outside OPTLAB_IMAGE_ROOTS, or it is not a folder."""
+    if not data_path:
         raise DataError("the imagefolder data set needs a folder (data_path / --data-path)")
-    path = Path(cfg.data_path).expanduser().resolve()
+    path = Path(data_path).expanduser().resolve()
     roots = allowed_image_roots()
     if not any(path == r or r in path.parents for r in roots):
         allowed = ", ".join(map(str, roots)) or "none (set OPTLAB_IMAGE_ROOTS on the server)"
         raise DataError(f"{path} is outside the folders this server allows; allowed: {allowed}")
     if not path.is_dir():
         raise DataError(f"{path} is not a folder of class sub-folders")
+    return path
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg) -> DataSet:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.v2 import functional as F
+
+    path = check_image_folder(cfg.data_path)
     size = cfg.image_size or 64
 
     def load(folder: Path):

@@ -114,13 +114,29 @@ def memory_bars(profile: dict, device_label: str | None = None):
         return None
     fig = go.Figure()
     fig.add_trace(go.Bar(x=[r["phase"] for r in rows], y=[r["peak_above_start_mb"] for r in rows],
-                         name="peak above window start", marker_color=PALETTE[4]))
+                         name="most memory held at once (MB more than when profiling began)", marker_color=PALETTE[4]))
     fig.add_trace(go.Bar(x=[r["phase"] for r in rows], y=[r["allocated_mb_per_step"] for r in rows],
-                         name="allocated per step", marker_color=PALETTE[5]))
+                         name="memory requested per step (MB, all allocations added up)", marker_color=PALETTE[5]))
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="MB", rangemode="tozero")
     fig.update_xaxes(tickangle=0)
     return _finish(fig, "Memory by phase", m.get("label", ""), device_label)
+
+
+def input_note(profile: dict, summary: dict) -> str | None:
+    """Why the chart's "data loading" share and the advice's "input wait" share of the same run can
+    both be true: they measure different things over different steps. None when the run has not both."""
+    loading = next((r["share"] for r in profile.get("categories") or [] if r["category"] == "data loading"), None)
+    wait = summary.get("input_wait_share")
+    if loading is None or wait is None:
+        return None
+    timed = summary.get("steady_steps")
+    return (f"**Data loading {100 * loading:.0f} %** (this chart) is the share of the time inside operators that the "
+            f"{profile.get('steps', '?')} profiled steps spent in the data loader, on the profiled threads. "
+            f"**Input wait {100 * wait:.0f} %** (the advice) is the share of each step's wall time the training loop "
+            f"waited for its next batch, over {'all ' + str(timed) if timed else 'all'} timed steps. Loading that "
+            "overlaps the model's work (in loader workers, or prefetched) makes no wait, and time outside "
+            "operators is in neither, so the two differ.")
 
 
 def top_rows(profile: dict) -> list[dict]:

@@ -352,15 +352,23 @@ def timeline_from_profiler(prof, device: torch.device | str) -> Timeline:
 def _load_trace(path: str | Path) -> dict:
     path = Path(path)
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            data = json.load(f)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path} could not be read: {e.strerror}") from None
+    return _parse_trace(raw, str(path))
+
+
+def _parse_trace(raw: bytes, name: str) -> dict:
+    """A Chrome-trace document from a file's bytes (gzipped or not); ValueError naming `name`."""
+    try:
+        text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        data = json.loads(text.decode("utf-8"))
     except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a readable Chrome-trace file (.pt.trace.json or .json.gz): {e}") from None
+        raise ValueError(f"{name} is not a readable Chrome-trace file (.pt.trace.json or .json.gz): {e}") from None
     if isinstance(data, list):   # the Chrome trace format also allows a bare array of events
         data = {"traceEvents": data}
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
-        raise ValueError(f"{path} has no 'traceEvents' list: not a Chrome-trace file")
+        raise ValueError(f"{name} has no 'traceEvents' list: not a Chrome-trace file")
     return data
 
 
@@ -638,6 +646,23 @@ def summarize_profile(prof, device: torch.device | str) -> dict:
     `device="cpu"`, `gpu_kernels_recorded=False` and a plain `reason`.
     """
     return summarize(timeline_from_profiler(prof, device))
+
+
+def summarize_uploaded_trace(name: str, raw: bytes) -> dict:
+    """The summary of a trace file someone uploaded, read in memory: messages name the file as it
+    was uploaded (never a path on this server). ValueError for a file that is not a torch.profiler
+    trace."""
+    data = _parse_trace(raw, name)
+    try:
+        summary = summarize(timeline_from_trace(data))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{name} is JSON with trace events, but not as torch.profiler writes them "
+                         f"({type(e).__name__}: {e})") from None
+    if not summary.get("steps"):
+        raise ValueError(f"{name} holds no profiled steps (ProfilerStep#N events): nothing to summarise; "
+                         "record it with torch.profiler.profile(schedule=...) and prof.step() each step")
+    summary["trace_file"] = name
+    return summary
 
 
 def summarize_trace_file(path: str | Path) -> dict:

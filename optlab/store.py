@@ -162,7 +162,8 @@ class Store:
 
     def list(self, *, status: str | tuple[str, ...] | None = None, user: str | None = None,
              sweep_id: str | None = None, ids: list[int] | None = None, limit: int | None = None,
-             newest_first: bool = True, repeat_group: str | None = None) -> list[Run]:
+             newest_first: bool = True, repeat_group: str | None = None,
+             parent_id: int | None = None) -> list[Run]:
         where, args = [], []
         if status:
             statuses = (status,) if isinstance(status, str) else tuple(status)
@@ -177,6 +178,9 @@ class Store:
         if repeat_group is not None:
             where.append("repeat_group = ?")
             args.append(repeat_group)
+        if parent_id is not None:
+            where.append("parent_id = ?")
+            args.append(int(parent_id))
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args += [int(i) for i in ids]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 from optlab import repeats
 from optlab.config import ConfigError, RunConfig, parse_batch_size
+from optlab.naming import knob_word
 
 MAX_KNOBS = 2      # a grid of more than two knobs cannot be read off one chart
 MAX_RUNS = 48      # a workshop GPU shared by a room should not be handed a thousand runs by one click
@@ -29,7 +30,8 @@ _NONE = {"none", "default", "-"}
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One combination: the values it sets, a short label naming them, and the full config."""
+    """One combination: the values it sets, a short label naming them ('bf16 · bs=64'), and the
+    full config."""
     values: dict
     label: str
     config: RunConfig
@@ -84,10 +86,6 @@ def parse_values(knob: str, text: str) -> list:
     return values
 
 
-def _format(value) -> str:
-    return "default" if value is None else str(value)
-
-
 def expand(base: RunConfig, axes: dict[str, list]) -> list[SweepRun]:
     """Every combination of the values in `axes` applied to `base`, first knob varying slowest.
 
@@ -113,7 +111,7 @@ def expand(base: RunConfig, axes: dict[str, list]) -> list[SweepRun]:
     runs = []
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo))
-        label = " · ".join(f"{k}={_format(v)}" for k, v in values.items())
+        label = " · ".join(knob_word(k, v, base.device if base.device != "auto" else None) for k, v in values.items())
         runs.append(SweepRun(values, label, base.replace(**values)))
     return runs
 
@@ -136,7 +134,7 @@ def submit_sweep(store, runs: list[SweepRun], *, user: str = "", device_for=None
         try:
             run.config.validate(device_for(run.config) if device_for else None)
         except ConfigError as e:
-            raise ConfigError(f"{run.label}: {e}") from None
+            raise ConfigError(f"{run.label} (one of the sweep's runs): {e}") from None
     from optlab.fairuse import admit_many
     admit_many(store, [run.config for run in runs], user)   # the room's limits: all or nothing
     sweep_id = sweep_id or new_sweep_id()

@@ -48,31 +48,39 @@ def _hover(v: dict) -> str:
 
 
 def variants_figure(variants: list[dict], title: str | None = None):
-    """Accuracy vs measured latency; bubble area = size on disk; a dashed Pareto front per device.
-    Variants without a measured latency or accuracy (refused, failed, random labels) are left
-    out and listed under the chart. Every point says on which device it was measured."""
+    """Accuracy vs measured latency; bubble area = size on disk; a dashed Pareto front per kind of
+    hardware (the CPU or the GPU: a variant run by another runtime on the same hardware, such as
+    ONNX Runtime, competes on the same front). Variants without a measured latency or accuracy
+    (refused, failed, random labels) are left out and listed under the chart. Every point says on
+    which device it was measured; labels are placed where they overlap nothing."""
     import plotly.graph_objects as go
+
+    from optlab import labels
+    from optlab.charts import FONT_SIZE
 
     usable = [v for v in variants if not v.get("error") and v.get("latency_ms_p50") and v.get("test_accuracy") is not None]
     left_out = [v["name"] for v in variants if v not in usable]
     sizes = [v["size_mb"] or 0 for v in usable]
     largest = max(sizes, default=0) or 1
+    sizeref = 2 * largest / 50 ** 2
     fig = go.Figure()
     for label in dict.fromkeys(v["device_label"] for v in usable):
         group = [v for v in usable if v["device_label"] == label]
         errors = [latency_error(v) or (0.0, 0.0) for v in group]
         fig.add_trace(go.Scatter(
             x=[v["latency_ms_p50"] for v in group], y=[100 * v["test_accuracy"] for v in group],
-            mode="markers+text", name=label, text=[v["name"] for v in group], textposition="top center",
+            mode="markers+text", name=label, text=[v["name"] for v in group], cliponaxis=False,
             error_x=dict(type="data", array=[e[1] for e in errors], arrayminus=[e[0] for e in errors],
                          symmetric=False, visible=any(latency_error(v) for v in group), thickness=1.5),
             marker=dict(size=[v["size_mb"] or 0 for v in group], sizemode="area", sizemin=6,
-                        sizeref=2 * largest / 50 ** 2, opacity=0.7, line=dict(width=1)),
+                        sizeref=sizeref, opacity=0.7, line=dict(width=1)),
             hovertext=[_hover(v) for v in group], hoverinfo="text"))
+    for hardware in dict.fromkeys(_hardware(v) for v in usable):
+        group = [v for v in usable if _hardware(v) == hardware]
         front = [group[i] for i in pareto_front([(v["latency_ms_p50"], v["test_accuracy"]) for v in group])]
         if len(front) > 1:
             fig.add_trace(go.Scatter(x=[v["latency_ms_p50"] for v in front], y=[100 * v["test_accuracy"] for v in front],
-                                     mode="lines", line=dict(dash="dash", width=1), name=f"Pareto front ({label})",
+                                     mode="lines", line=dict(dash="dash", width=1), name=f"Pareto front ({hardware})",
                                      hoverinfo="skip"))
     subtitle = ("bubble area: size on disk; latency at batch 1, median with its 95 % interval, timed in interleaved "
                 "rounds with the baseline on the device named in the legend")
@@ -84,5 +92,14 @@ def variants_figure(variants: list[dict], title: str | None = None):
     fig.update_layout(
         title=dict(text=f"{title or 'Variants: accuracy vs latency'}<br><sup>{subtitle}</sup>"),
         xaxis_title="latency at batch 1, median (ms)", yaxis_title="test accuracy (%)",
-        legend=dict(orientation="h", yanchor="top", y=-0.2), template="plotly_white")
+        legend=dict(orientation="h", yanchor="top", y=-0.2), template="plotly_white",
+        font=dict(size=FONT_SIZE - 2), height=520, margin=dict(l=70, r=30, t=110, b=60))
+    fig.update_xaxes(range=labels.padded_range([v["latency_ms_p50"] for v in usable], 0.2, from_zero=True))
+    fig.update_yaxes(range=labels.padded_range([100 * v["test_accuracy"] for v in usable], 0.2))
+    labels.apply(fig)
     return fig
+
+
+def _hardware(variant: dict) -> str:
+    """The hardware a variant was timed on ('CPU' or 'GPU'), whatever runtime ran it."""
+    return "GPU" if variant.get("device") == "cuda" else "CPU"

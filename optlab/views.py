@@ -9,10 +9,11 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, fields
 
-from optlab import repeats
+from optlab import naming, repeats
 from optlab.config import MAX_REPEATS, ConfigError, RunConfig, parse_batch_size
 from optlab.memory import headline_memory
 from optlab.stats import MIN_EFFECT
@@ -121,7 +122,8 @@ def config_from_form(values: dict) -> RunConfig:
     d = {k: v for k, v in values.items() if k not in ("compress_methods", "compress_json")}
     d["batch_size"] = parse_batch_size(str(d.get("batch_size", "")))
     d["optimizer"] = None if d.get("optimizer") in (None, "", DEFAULT_CHOICE) else d["optimizer"]
-    d["data_path"] = (d.get("data_path") or "").strip() or None
+    # the folder belongs to the imagefolder data set only: the form hides it for the others
+    d["data_path"] = (d.get("data_path") or "").strip() or None if d.get("dataset") == "imagefolder" else None
     for name, (kind, meaning) in OPTIONAL_NUMBERS.items():
         text = str(d.get(name) or "").strip()
         try:
@@ -142,6 +144,22 @@ def config_from_form(values: dict) -> RunConfig:
         steps = [{"method": m} for m in values.get("compress_methods") or []]
     d["compress"] = steps
     return RunConfig.from_dict(d)
+
+
+def estimate_lines(est, device_word: str) -> tuple[str, str]:
+    """(headline, where it comes from) for the Lab's estimate of one run (optlab.estimate.Estimate)."""
+    steps = (f"{count(est.steps, 'step')} in all" if est.steps is not None
+             else "steps: set when the automatic batch size is chosen")
+    if est.seconds is None:
+        head = ("Estimating the duration on this " + device_word + "…" if est.source == "timing"
+                else "No estimate of the duration on this " + device_word)
+        return f"{head} · {steps}", est.basis
+    return f"About {duration(est.seconds)} on this {device_word} · {steps}", est.basis
+
+
+def smaller_words(cfg) -> str:
+    """'4,096 images, 1 epoch, bs=64': the size of a run, for a button that queues it."""
+    return ", ".join(naming.knob_word(k, getattr(cfg, k)) for k in ("limit_train", "epochs", "batch_size"))
 
 
 def target_device(requested: str, server_info):
@@ -170,12 +188,57 @@ def device_label(run: Run) -> str | None:
 
 
 def run_name(run: Run) -> str:
-    """The run's label, or what it trains: 'speednet fp32 bs=64'; 'repeat 2 of 3' for a repeat."""
-    c = run.config
-    name = run.label or f"{c.get('model')} {c.get('precision')} bs={c.get('batch_size')}"
+    """What one run trains: 'speednet fp32 bs=64' (see `run_names` to tell neighbours apart);
+    'repeat 2 of 3' for a repeat."""
+    name = naming.base_name(run.config)
     if run.repeat_group:
-        name += f" · repeat {run.repeat_index} of {c.get('repeats')}"
+        name += f" · repeat {run.repeat_index} of {run.config.get('repeats')}"
     return name
+
+
+def run_names(runs: list[Run]) -> dict[int, str]:
+    """Each run's name, saying what differs from the runs next to it in `runs`:
+    'speednet fp32 bs=128 · 0 workers' beside 'speednet fp32 bs=128 · 2 workers'."""
+    names = naming.neighbour_names([r.config for r in runs],
+                                   [naming.config_device(r.config, r.summary) for r in runs])
+    return {r.id: name for r, name in zip(runs, names)}
+
+
+def run_choice(run: Run, name: str) -> str:
+    """A run as one line of a picker: '#12 · speednet fp32 bs=128 · 0 workers · ada'."""
+    return f"#{run.id} · {name}" + (f" · {run.user}" if run.user else "")
+
+
+def count(n: int, one: str, many: str | None = None) -> str:
+    """'1 run', '7 runs'."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def duration(seconds: float | None) -> str:
+    """A time span as people say it: '45 s', '12 min', '1 h 05 min'."""
+    if seconds is None:
+        return ""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+# Characters Markdown (and Streamlit's :directives[...] and $math$) act on anywhere in a line, and
+# the openings of block elements at the start of a text (a heading, a list, a quote).
+_INLINE = re.compile(r"([\\`*_{}\[\]<>!|~$])|(:)(?=\S)")
+_BLOCK_START = re.compile(r"^(\s*\d*)([#>+.)-])")
+
+
+def md_text(text) -> str:
+    """Text a person typed (a name, a label, a path, a link's parameter, an error quoting them),
+    made safe to put inside Markdown: what Markdown or Streamlit would act on is escaped, so
+    `![x](http://...)` stays those characters instead of loading an image in every viewer's browser,
+    and ':red[...]' or ':material/...:' stay text. One line: newlines become spaces."""
+    flat = " ".join(str(text).splitlines())
+    escaped = _INLINE.sub(lambda m: "\\" + (m.group(1) or m.group(2)), flat)
+    return _BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
 
 
 def quality_text(summary: dict | None) -> str:
@@ -226,21 +289,26 @@ def headline(run: Run) -> list[tuple[str, str, str]]:
     ]
 
 
+MISSING = "—"    # what a table shows for a figure that was not measured (never "None")
+
+
 def run_rows(runs: list[Run]) -> list[dict]:
-    """One row per run for the history table: who, when, what, and the key figures."""
+    """One row per run for the history table: who, what (named for what differs from the runs
+    next to it), the key figures, and when. Missing figures are None (an empty cell), never text."""
+    names = run_names(runs)
     rows = []
     for run in runs:
-        s, c = run.summary or {}, run.config
+        s = run.summary or {}
         took = (run.finished_at or time.time()) - run.started_at if run.started_at else None
-        rows.append({
-            "id": run.id, "status": run.status, "user": run.user,
-            "submitted": when(run.created_at), "model": c.get("model"), "dataset": c.get("dataset"),
-            "precision": c.get("precision"), "batch": s.get("batch_size", c.get("batch_size")),
-            "images/s": s.get("train_images_per_s"), "throughput": quality_text(s),
-            "repeat": f"{run.repeat_index} of {c.get('repeats')}" if run.repeat_group else "",
-            "accuracy %": _pct(s.get("test_accuracy")),
-            "peak MB": s.get("peak_memory_mb"), "wall s": took, "device": device_label(run) or "",
-            "sweep": run.sweep_id or "", "label": run.label or "", "from": origin_text(run),
+        rows.append({   # what tells runs apart first; the device before the figures it qualifies
+            "id": run.id, "status": run.status, "user": run.user or "", "name": names[run.id],
+            "device": device_label(run) or "", "images/s": s.get("train_images_per_s"),
+            "throughput": quality_text(s),
+            "repeat": f"{run.repeat_index} of {run.config.get('repeats')}" if run.repeat_group else "",
+            "accuracy %": _pct(s.get("test_accuracy")), "peak MB": s.get("peak_memory_mb"),
+            "wall min": None if took is None else took / 60, "dataset": run.config.get("dataset"),
+            "submitted": when(run.created_at), "sweep": run.sweep_id or "", "label": run.label or "",
+            "from": origin_text(run),
         })
     return rows
 
@@ -291,14 +359,12 @@ def _knob_parts(run: Run, vary: list[str]) -> list[str]:
     return parts
 
 
-def short_labels(runs: list[Run], limit: int = 3) -> dict[int, str]:
-    """'#12 bf16 bs=256': the id plus up to `limit` knobs that differ across these runs."""
-    vary = varying_knobs(runs)[:limit]
-    labels = {}
-    for run in runs:
-        parts = _knob_parts(run, vary)
-        labels[run.id] = f"#{run.id} " + " ".join(parts) if parts else f"#{run.id}"
-    return labels
+def short_labels(runs: list[Run], limit: int = 2) -> dict[int, str]:
+    """'#12 bf16 bs=256': the id plus the knobs that differ across these runs (see
+    naming.labels_for: when more than `limit` differ, only each run's changes from the default)."""
+    words = naming.labels_for([r.config for r in runs], [naming.config_device(r.config, r.summary) for r in runs],
+                              limit)
+    return {run.id: " ".join([f"#{run.id}", *w]) for run, w in zip(runs, words)}
 
 
 def unit_labels(units: list[list[Run]], limit: int = 3) -> list[str]:
@@ -409,6 +475,14 @@ def _why_none(*rows: dict) -> str:
     return " ".join(r["unit"]["figures"]["train_images_per_s"].get("why_none") or "" for r in rows)
 
 
+# How the comparison table shows its numbers (printf style, as st.column_config takes them).
+TABLE_FORMATS = {"train images/s": "%.0f", "step ms p50": "%.1f", "accuracy %": "%.2f", "peak memory MB": "%.0f",
+                 "train s": "%.1f", "time to target s": "%.1f", "size MB": "%.2f", "latency ms p50": "%.2f",
+                 "latency ms p90": "%.2f", "inference images/s": "%.0f", "images/s 95 % low": "%.0f",
+                 "images/s 95 % high": "%.0f"}
+MEMORY_KINDS = {"cuda_allocator": "GPU allocator peak", "host_rss": "process peak RSS (host)"}
+
+
 def table_rows(runs: list[Run]) -> list[dict]:
     """The comparison table: one row per run (with its throughput interval and quality), then one
     indented child row per compressed variant; after the runs of a repeat group, one row with the
@@ -447,7 +521,8 @@ def _run_table_rows(run: Run, label: str) -> list[dict]:
                    "images/s 95 % high": ci[1] if ci else None, "interval": interval,
                    "throughput quality": quality_text(s), "step ms p50": s.get("step_ms_p50"),
                    "accuracy %": _pct(s.get("test_accuracy")), "peak memory MB": s.get("peak_memory_mb"),
-                   "memory kind": s.get("memory_kind"), "train s": s.get("train_seconds"),
+                   "memory kind": MEMORY_KINDS.get(s.get("memory_kind"), s.get("memory_kind")),
+                   "train s": s.get("train_seconds"),
                    "time to target s": s.get("time_to_target_s"), "params": s.get("params"),
                    "nonzero params": s.get("nonzero_params"), "size MB": s.get("weights_mb")})]
     for v in s.get("variants") or []:
@@ -539,8 +614,52 @@ def progress_of(run: Run) -> tuple[float, str]:
     if isinstance(p.get("images_per_s"), (int, float)):
         parts.append(f"{p['images_per_s']:,.0f} images/s")
     if isinstance(p.get("eta_s"), (int, float)):
-        parts.append(f"about {p['eta_s']:.0f} s left")
+        parts.append(f"about {duration(p['eta_s'])} left")
     return fraction, " · ".join(parts)
+
+
+_ENDED = {"queued": "is waiting in the queue", "running": "is still training", "failed": "failed",
+          "cancelled": "was cancelled", "interrupted": "was interrupted", "done": "is done"}
+
+
+def how_it_ended(run: Run) -> str:
+    """'was cancelled before it started', 'failed: out of memory at batch size 512': what became of
+    a run, in words (its recorded error quoted, not repeated)."""
+    phrase = _ENDED.get(run.status, run.status)
+    error = (run.error or "").strip()
+    if not error:
+        return phrase
+    if error.lower().startswith(run.status[:6]):          # 'cancelled before it started'
+        return phrase.rsplit(" ", 1)[0] + " " + error if " " in phrase else error
+    return f"{phrase}: {error}"
+
+
+def why_no_telemetry(run: Run) -> str:
+    """Why a finished run has no device telemetry, from what the store knows about it."""
+    if run.started_at is None:
+        return f"it never started ({run.error or run.status})"
+    if run.worker_pid is None:
+        return "it ran in the foreground (`optlab run`), where no sampler runs"
+    return "the sampler recorded nothing: see the events below"
+
+
+# Lines the profiler library (kineto) and CUDA probing print on every run; they say nothing about
+# the run. Hidden from the log tail shown on the page, kept in the log file.
+LOG_NOISE = (
+    re.compile(r"^(USDT|STAGE|INFO):\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\]"),
+    re.compile(r"^\w+:\d{4}-\d\d-\d\d [\d:]+ \d+:\d+ \w+\.cpp:\d+\] gpuGetDeviceCount failed"),
+)
+
+
+def log_lines(text: str | None) -> tuple[str, int]:
+    """(the log tail without the library chatter in LOG_NOISE, how many lines were left out)."""
+    kept, hidden = [], 0
+    for line in (text or "").splitlines():
+        if any(p.match(line) for p in LOG_NOISE):
+            hidden += 1
+        else:
+            kept.append(line)
+    return "\n".join(kept), hidden
 
 
 # -- the GPU, seen through NVML ------------------------------------------------------------------

@@ -209,3 +209,67 @@ def test_engine_modules_import_without_plotly_or_streamlit():
     code = ("import sys, optlab.charts, optlab.views, optlab.sweeps; "
             "assert 'plotly' not in sys.modules and 'streamlit' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- labels that can be read -------------------------------------------------------------------------
+def crowd(n=7):
+    """Runs whose points sit close together, as a sweep over a knob that changes little does."""
+    return [row(f"#{i} bs={32 * (i + 1)} 0 workers", 100.0 + 3 * i, 0.90 - 0.002 * (i % 3), 900 + 10 * i)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("width", [620, 800, 1100])
+def test_speed_vs_accuracy_labels_never_overlap_from_five_runs_on(width):
+    from optlab import labels
+    for n in (5, 7, 10):
+        fig = charts.pareto_scatter(crowd(n))
+        assert labels.overlaps(fig, width) == 0
+        assert labels.overlaps(fig, width, squeeze=100) == 0       # the plot area less a legend's room
+        runs = fig.data[0]
+        drawn = [t for t in runs.text if t]
+        # a label with no room is shortened to its run id, or left to the hover, and the chart says so
+        assert all(t.startswith("#") for t in drawn)
+        hidden = n - len(drawn)
+        notes = [a.text for a in fig.layout.annotations]
+        assert (f"{hidden} crowded label" in " ".join(notes)) if hidden else not notes
+        assert [c[2] for c in runs.customdata] == [r["label"] for r in crowd(n)]   # every name in the hover
+
+
+def test_the_overlap_count_sees_labels_drawn_on_top_of_each_other():
+    from optlab import labels
+    fig = charts.pareto_scatter(crowd(7))
+    for trace in fig.data[:1]:
+        trace.textposition = ["top center"] * len(trace.x)
+        trace.text = [r["label"] for r in crowd(7)]
+    assert labels.overlaps(fig, 800) > 0
+
+
+def test_speedup_title_fits_a_half_width_chart_and_names_the_baseline_below():
+    fig = charts.speedup_bars(ROWS, dict(ROWS[0], label="#1 bs=32 epochs=2 pruned 50% + ONNX"))
+    assert fig.layout.title.text == "Training speed-up" and len(fig.layout.title.text) <= 40
+    assert fig.layout.title.subtitle.text.startswith("1.0 = baseline #1 bs=32 epochs=2 pruned 50% + ONNX")
+
+
+def variant(name, latency, accuracy, device_label, device="cpu", size=4.5):
+    return {"name": name, "latency_ms_p50": latency, "latency_ms_p90": latency * 1.1, "test_accuracy": accuracy,
+            "size_mb": size, "device": device, "device_label": device_label, "throughput_images_per_s": 100.0,
+            "throughput_batch": 256, "params": 10, "nonzero_params": 10, "macs": None}
+
+
+def test_the_variants_front_includes_a_faster_runtime_on_the_same_hardware():
+    from optlab.variant_charts import variants_figure
+    onnx = variant("ONNX Runtime (CPU)", 2.0, 0.209, CPU + " via ONNX Runtime CPUExecutionProvider")
+    fig = variants_figure([variant("baseline", 13.5, 0.209, CPU), variant("unstructured 50%", 46.8, 0.732, CPU),
+                           onnx, variant("int8 dynamic (Linear)", 85.1, 0.211, CPU)])
+    [front] = [t for t in fig.data if t.name.startswith("Pareto front")]
+    assert front.name == "Pareto front (CPU)" and list(front.x) == [2.0, 46.8]   # ONNX beats the baseline
+
+
+def test_variant_labels_at_the_same_point_are_placed_apart_and_inside_the_plot():
+    from optlab import labels
+    from optlab.variant_charts import variants_figure
+    fig = variants_figure([variant("baseline", 13.5, 0.90, CPU), variant("unstructured 50%", 13.5, 0.90, CPU),
+                           variant("ONNX Runtime (CPU)", 30.0, 0.90, CPU)])
+    for width in (620, 800, 1100):
+        assert labels.overlaps(fig, width) == 0
+    assert all(fig.data[0].text)                                      # each one drawn

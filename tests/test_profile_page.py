@@ -10,7 +10,7 @@ from optlab.profiling import summarize_trace_file
 from optlab.store import Store
 from test_profiling import _gpu_trace, profiled  # noqa: F401  (the session's one profiled CPU run)
 
-PAGE = Path(__file__).resolve().parents[1] / "app_pages" / "profile.py"
+APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
 @pytest.fixture
@@ -19,12 +19,15 @@ def page_home(profiled, tmp_path, monkeypatch):  # noqa: F811
     home = tmp_path / "page-home"
     shutil.copytree(store.home, home)          # the page may queue runs: keep the shared run untouched
     monkeypatch.setenv("OPTLAB_HOME", str(home))
+    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")    # what the page queues stays queued
     return Store(home), run.id
 
 
 def _open(run_id) -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    """The Profile page as a link to `run_id` opens it, inside the app's navigation."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
     at.query_params["run"] = str(run_id)
+    at.switch_page("app_pages/profile.py")
     return at.run()
 
 
@@ -62,12 +65,38 @@ def test_try_it_queues_the_child_run(page_home, monkeypatch):
     at = _open(run_id)
     try_buttons = [b for b in at.button if b.label.startswith("Try it")]
     assert try_buttons, [b.label for b in at.button]
+    label = try_buttons[0].label
     try_buttons[0].click().run()
     assert not at.exception
     children = [r for r in store.list() if r.parent_id == run_id]
     assert len(children) == 1 and children[0].status == "queued"
-    assert f"Queued run #{children[0].id}" in _text(at)
-    assert f"#{children[0].id}" in _text(at)                   # listed under "Tried"
+    assert f"Tried as run #{children[0].id}" in _text(at)
+    assert label not in [b.label for b in at.button]           # a second click has nothing to click
+
+
+def test_trying_the_same_advice_twice_queues_one_run(page_home, monkeypatch):
+    store, run_id = page_home
+    monkeypatch.setattr(advisor, "INPUT_WAIT_SHARE", 0.0)
+    run = store.get(run_id)
+    [advice] = [a for a in advisor.advise(run.summary, run.config, run.device) if a.tryable][:1]
+    first = advisor.try_advice(store, run, advice)
+    assert advisor.try_advice(store, run, advice) == first      # a double click, or a second visitor
+    assert [r.id for r in store.list() if r.parent_id == run_id] == [first]
+
+
+def test_the_page_explains_data_loading_next_to_input_wait(page_home):
+    _, run_id = page_home
+    at = _open(run_id)
+    [note] = [c.value for c in at.caption if "Data loading" in c.value]
+    assert "profiled steps" in note and "Input wait" in note and "timed steps" in note
+
+
+def test_an_unreadable_shared_trace_is_named_as_uploaded_not_by_a_server_path():
+    from optlab.profiling import summarize_uploaded_trace
+    for raw in (b"not json", b"\x1f\x8bbroken gzip", b'{"traceEvents": []}'):
+        with pytest.raises(ValueError) as e:
+            summarize_uploaded_trace("my trace.json.gz", raw)
+        assert str(e.value).startswith("my trace.json.gz ") and "/tmp" not in str(e.value)
 
 
 def test_a_tried_advice_shows_the_range_the_measured_interval_and_where_it_fell(page_home, monkeypatch):

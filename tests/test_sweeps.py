@@ -12,7 +12,7 @@ def test_two_knobs_give_one_run_per_combination_first_knob_slowest():
     runs = expand(tiny_config(), {"precision": ["fp32", "bf16"], "batch_size": [32, 64, 128]})
     assert [(r.config.precision, r.config.batch_size) for r in runs] == [
         ("fp32", 32), ("fp32", 64), ("fp32", 128), ("bf16", 32), ("bf16", 64), ("bf16", 128)]
-    assert runs[4].label == "precision=bf16 · batch_size=64"
+    assert runs[4].label == "bf16 · bs=64"
     assert runs[4].values == {"precision": "bf16", "batch_size": 64}
 
 
@@ -67,11 +67,11 @@ def test_submit_queues_every_combination_under_one_sweep_id(store):
     assert {r.user for r in stored} == {"ada"} and {r.status for r in stored} == {"queued"}
     assert [(r.config["precision"], r.config["channels_last"]) for r in stored] == [
         ("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
-    assert stored[3].label == "precision=bf16 · channels_last=True"
+    assert stored[3].label == "bf16 · channels-last"
 
 
 def test_a_sweep_with_one_bad_combination_queues_nothing(store):
     runs = expand(tiny_config(), {"precision": ["fp32", "fp16"]})
-    with pytest.raises(ConfigError, match="precision=fp16: fp16 needs a GPU"):
+    with pytest.raises(ConfigError, match=r"fp16 \(one of the sweep's runs\): fp16 needs a GPU"):
         submit_sweep(store, runs, device_for=lambda cfg: CPU)
     assert store.list() == []

@@ -64,6 +64,10 @@ class Method:
     needs: Callable[[Any, dict], str | None] = lambda info, spec: None  # why not on this device, or None
     library: Callable[[], str | None] = lambda: None        # why not installed here, or None
     settings_only: bool = False                             # measurement settings, not a variant
+    title: str = ""                                         # what people call it: 'unstructured pruning'
+
+    def __post_init__(self):
+        self.title = self.title or self.name.replace("_", " ")
 
     def resolve(self, step: dict) -> dict:
         """The step with every parameter's default filled in (what is stored with the variant)."""
@@ -94,11 +98,12 @@ class Method:
 
 
 def method(name: str, *, summary: str, params: dict[str, Param] | None = None, needs=None, library=None,
-           settings_only: bool = False):
-    """Register `apply(model, spec, context)` as compression method `name`."""
+           settings_only: bool = False, title: str = ""):
+    """Register `apply(model, spec, context)` as compression method `name` (`title`: its name in
+    the pages, e.g. 'unstructured pruning'; the name itself when empty)."""
     def add(apply):
         METHODS.add(name, Method(name, apply, params or {}, summary, needs or (lambda info, spec: None),
-                                 library or (lambda: None), settings_only))
+                                 library or (lambda: None), settings_only, title))
         return apply
     return add
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from optlab.cli import command, get_run, print_table
 
@@ -183,10 +184,22 @@ def print_variants(variants: list[dict], stream=sys.stdout) -> None:
 
 
 # -- the command -----------------------------------------------------------------------------------------
+def _steps_json(text: str) -> list[dict]:
+    try:
+        steps = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg})") from None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and "method" in s for s in steps):
+        raise argparse.ArgumentTypeError('give a JSON list of steps such as [{"method": "prune_unstructured"}]')
+    return steps
+
+
 def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", type=int, help="a finished run")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu: where the run's model is loaded")
     add_compress_flags(p)
+    p.add_argument("--steps", type=_steps_json, metavar="JSON",
+                   help="the steps as stored with a run (what the pages send), added after the flags' steps")
     p.add_argument("--json", action="store_true", help="print one JSON object with a `variants` list")
 
 
@@ -200,7 +213,7 @@ def _compress(args) -> int:
     if run.status != "done":
         print(f"error: run #{run.id} is {run.status}; compress needs a finished (done) run", file=sys.stderr)
         return 2
-    steps = list(getattr(args, "compress_steps", None) or [])
+    steps = list(getattr(args, "compress_steps", None) or []) + list(args.steps or [])
     if not any(s["method"] != "benchmark" for s in steps):
         print("error: name at least one of --prune, --quantize, --distill, --export", file=sys.stderr)
         return 2
@@ -220,16 +233,31 @@ def _compress(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     store.add_event(run.id, f"compress: {json.dumps(steps)}")
+    began = time.time()
     summary = dict(run.summary or {})
     variants = run_steps(store, run.id, model, ds, cfg, device, summary)
+    neighbours = _trained_meanwhile(store, run.id, began)
+    if neighbours:   # honest figures: say when the machine was shared while they were measured
+        for v in variants:
+            v.setdefault("notes", []).append(f"measured while run {neighbours} trained on this server: the "
+                                             "latency and throughput shared the machine with it")
     summary["variants"] = list(summary.get("variants") or []) + variants
     store.update(run.id, summary=summary)
+    store.add_event(run.id, f"compress finished: {len(variants)} variants measured on {devices.describe(device).label}")
     if args.json:
         print(json.dumps({"id": run.id, "device_label": devices.describe(device).label, "variants": variants}))
     else:
         print_table([("run", f"#{run.id} {run.config['model']}"), ("device", devices.describe(device).label)])
         print_variants(variants)
     return 0
+
+
+def _trained_meanwhile(store, run_id: int, since: float) -> str:
+    """'#4, #5': other runs that were training at some moment since `since`."""
+    now = time.time()
+    ids = [r.id for r in store.list(status=("running", "done", "failed", "cancelled", "interrupted"))
+           if r.id != run_id and r.started_at and r.started_at < now and (r.finished_at or now) > since]
+    return ", ".join(f"#{i}" for i in sorted(ids))
 
 
 command("compress")((_add_compress, _compress))

@@ -29,7 +29,7 @@ def _mobilenet_student(in_channels, num_classes, image_size, width):
     return _replace_first_conv(net, in_channels, image_size)
 
 
-@method("distill",
+@method("distill", title="distillation",
         summary="train a smaller student on the teacher's soft targets (alpha*T^2*KL + (1-alpha)*CE), and the same "
                 "student without the teacher for the same steps and seed",
         params={"student": Param("speednet", f"one of: {', '.join(STUDENTS.names())}", one_of(*STUDENTS.names())),

@@ -70,7 +70,7 @@ def onnx_counts(path) -> tuple[int, int]:
     return total, nonzero
 
 
-@method("export_onnx",
+@method("export_onnx", title="ONNX Runtime export",
         summary="export the whole graph to ONNX (torch.onnx, dynamic batch) and run it with ONNX Runtime",
         params={"provider": Param("auto", "auto, cpu or cuda (auto: cuda when the run is on a GPU and "
                                           "onnxruntime-gpu is installed)", one_of("auto", "cpu", "cuda")),
@@ -118,7 +118,7 @@ def _needs_gpu(info, spec) -> str | None:
     return None if info.is_gpu else f"TensorRT runs on NVIDIA GPUs; this device is {info.label}"
 
 
-@method("export_tensorrt",
+@method("export_tensorrt", title="TensorRT export",
         summary="compile the whole graph with TensorRT through torch_tensorrt (GPU; fp16 or fp32 kernels)",
         params={"precision": Param("fp16", "fp16 or fp32", one_of("fp16", "fp32"))},
         library=_tensorrt_missing, needs=_needs_gpu)

@@ -31,7 +31,7 @@ def _finetune_note(done: dict) -> str:
 
 
 # -- unstructured ----------------------------------------------------------------------------------
-@method("prune_unstructured",
+@method("prune_unstructured", title="unstructured pruning",
         summary="global magnitude pruning: the smallest weights of every Conv/Linear set to zero (shapes unchanged)",
         params={"sparsity": Param(0.5, "a fraction in (0, 1), e.g. 0.5", number(0, 1, low_open=True, high_open=True)),
                 **FINETUNE})
@@ -60,7 +60,7 @@ def _torch_pruning_missing() -> str | None:
     return None
 
 
-@method("prune_structured",
+@method("prune_structured", title="structured (channel) pruning",
         summary="channel pruning with Torch-Pruning: whole channels removed across dependent layers "
                 "(the network really shrinks); the classifier keeps its outputs",
         params={"ratio": Param(0.3, "a fraction of channels to remove in (0, 1), e.g. 0.3",
@@ -111,7 +111,7 @@ def mask_2to4(weight: torch.Tensor) -> torch.Tensor:
     return keep.reshape(weight.shape)
 
 
-@method("prune_2to4",
+@method("prune_2to4", title="2:4 sparsity",
         summary="2:4 semi-structured sparsity (2 of every 4 weights zero) on Linear layers, run by the sparse "
                 "tensor cores of compute capability 8.0+ GPUs; convolutions stay dense",
         params={"dtype": Param("fp16", "fp16 or bf16 (the sparse kernels' input types)", one_of("fp16", "bf16"))},

@@ -46,7 +46,7 @@ def _half_supported(info, spec) -> str | None:
     return None
 
 
-@method("half_precision",
+@method("half_precision", title="fp16/bf16 weights",
         summary="every weight and activation in fp16 or bf16 on the run's device (fp16: GPU only)",
         params={"dtype": Param("bf16", "fp16 or bf16", one_of("fp16", "bf16"))},
         needs=_half_supported)
@@ -70,7 +70,7 @@ def _backend_missing(info, spec) -> str | None:
     return None
 
 
-@method("int8_static",
+@method("int8_static", title="int8 static quantization",
         summary="int8 post-training static quantization for the CPU (FX graph mode, calibrated on training "
                 "images): convolutions and linear layers in int8, batch norms folded where they follow a conv",
         params={"calibration_batches": Param(16, "a whole number of training batches 1..1000", number(1, 1000, integer=True)),
@@ -108,7 +108,7 @@ def int8_static(model: nn.Module, spec: dict, ctx: Context) -> Variant:
 
 
 # -- dynamic int8 ------------------------------------------------------------------------------------
-@method("int8_dynamic",
+@method("int8_dynamic", title="int8 dynamic quantization (Linear)",
         summary="dynamic int8 (torch quantize_dynamic) for the CPU: nn.Linear weights in int8, activations "
                 "quantized per batch at run time; convolutions untouched",
         params={})
@@ -163,21 +163,24 @@ def _torchao_variant(model: nn.Module, ctx: Context, config_name: str, label: st
                    layers_converted=of_layers(converted, model), notes=notes)
 
 
-@method("torchao_int8_weight_only", summary="torchao int8 weight-only quantization of nn.Linear (GPU)",
+@method("torchao_int8_weight_only", title="torchao int8 weight-only",
+        summary="torchao int8 weight-only quantization of nn.Linear (GPU)",
         library=_torchao_missing, needs=_torchao_gpu((8, 0), "int8 weight-only"))
 def torchao_int8_weight_only(model: nn.Module, spec: dict, ctx: Context) -> Variant:
     require("torchao_int8_weight_only", spec, ctx)
     return _torchao_variant(model, ctx, "Int8WeightOnlyConfig", "torchao int8 weight-only")
 
 
-@method("torchao_int8_dynamic", summary="torchao int8 dynamic activations + int8 weights on nn.Linear (GPU)",
+@method("torchao_int8_dynamic", title="torchao int8 dynamic",
+        summary="torchao int8 dynamic activations + int8 weights on nn.Linear (GPU)",
         library=_torchao_missing, needs=_torchao_gpu((8, 0), "int8 dynamic"))
 def torchao_int8_dynamic(model: nn.Module, spec: dict, ctx: Context) -> Variant:
     require("torchao_int8_dynamic", spec, ctx)
     return _torchao_variant(model, ctx, "Int8DynamicActivationInt8WeightConfig", "torchao int8 dynamic")
 
 
-@method("torchao_float8", summary="torchao float8 dynamic activations + float8 weights on nn.Linear (fp8 GPUs: 8.9+)",
+@method("torchao_float8", title="torchao float8",
+        summary="torchao float8 dynamic activations + float8 weights on nn.Linear (fp8 GPUs: 8.9+)",
         library=_torchao_missing, needs=_torchao_gpu((8, 9), "float8"))
 def torchao_float8(model: nn.Module, spec: dict, ctx: Context) -> Variant:
     require("torchao_float8", spec, ctx)
