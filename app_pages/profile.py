@@ -3,8 +3,6 @@ try did what was predicted. Works offline: the figures come from the run's own p
 (or its trace file), not from TensorBoard's page."""
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from optlab import advisor, profile_charts, profiling, repeats, report, tensorboard, views
@@ -99,24 +97,9 @@ def draw_advice(run, summary: dict) -> None:
             st.text(f"{ids} {child.label or ''}: {', '.join(sorted({r.status for r in unit}))}"
                     + (f" ({child.error})" if child.error else ""))
             continue
-        st.markdown(views.md_escape(f"{ids} {outcome['title']}: ") + outcome_text(outcome))
+        st.markdown(views.md_escape(f"{ids} {outcome['title']}: ") + views.outcome_text(outcome))
         if outcome["why"]:
             st.caption(outcome["why"])
-
-
-def outcome_text(o: dict) -> str:
-    """'predicted x1.0 to x1.67 — measured **x2.10** (95 % interval ..., within run): above the range'."""
-    rng = o["predicted_range"]
-    predicted = f"x{rng[0]:.2f} to x{rng[1]:.2f}" if rng else o["predicted"]
-    measured = f"x{o['measured_factor']:.2f}" if o["measured_factor"] is not None else "n/a"
-    ci = o["measured_ci95"]
-    interval = (" (no interval)" if not ci else f" (95 % interval unbounded, {o['measured_basis']})"
-                if math.isinf(ci[1]) else f" (95 % interval x{ci[0]:.2f} to x{ci[1]:.2f}, {o['measured_basis']})")
-    where = {"inside": "inside the predicted range", "above": "**above** the predicted range",
-             "below": "**below** the predicted range"}.get(o["position"], o["position"])
-    device = "" if o["same_device"] else "; NOT the parent's device"
-    return views.md_escape(f"predicted {predicted} {o['metric'] or ''} — measured ") + f"**{views.md_escape(measured)}**" \
-        + views.md_escape(f"{interval} on {o['device_label']}{device}") + f": {where}."
 
 
 def draw_traces(run) -> None:

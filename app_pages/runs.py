@@ -67,18 +67,7 @@ def group_panel(run) -> None:
     group = repeats.members(store, run)
     unit = repeats.unit_figures(group)
     st.markdown(f"**Repeat {run.repeat_index} of {unit['planned']}** · {unit['done']} done so far")
-    rows = []
-    for key, f in unit["figures"].items():
-        if f["value"] is None:
-            continue
-        spec = repeats.FIGURES[key]
-        scale = 100 if spec.unit == "fraction" else 1
-        rows.append({"figure": spec.label + (" (%)" if scale == 100 else f" ({spec.unit})"),
-                     "central": scale * f["value"],
-                     "95 % low": scale * f["ci95"][0] if f["ci95"] else None,
-                     "95 % high": scale * f["ci95"][1] if f["ci95"] else None,
-                     "cv %": 100 * f["cv"] if f["cv"] is not None else None, "n": f["n"],
-                     "each repeat": ", ".join("–" if v is None else f"{scale * v:,.4g}" for v in f["values"])})
+    rows = views.group_figure_rows(unit)
     st.dataframe(rows, hide_index=True, key=f"group_{run.id}", column_config={
         k: st.column_config.NumberColumn(format="%.4g") for k in ("central", "95 % low", "95 % high")}
         | {"cv %": st.column_config.NumberColumn(format="%.1f")})

@@ -438,6 +438,11 @@ def speed_verdicts(rows: list[dict], baseline: dict) -> list[dict]:
             call = {"better": "faster, beyond noise", "worse": "slower, beyond noise",
                     "within noise": f"not distinguishable from {baseline['label']} at this spread",
                     "no interval": "cannot tell whether this is a difference"}[v["verdict"]]
+            if v["basis"] == repeats.WITHIN and v["verdict"] in ("better", "worse"):
+                # Within-run intervals cannot see how much the next run may differ (on a busy
+                # machine the same config has measured 1.45x apart), so they never settle it alone.
+                call = (f"{'faster' if v['verdict'] == 'better' else 'slower'} beyond each run's own step-to-step "
+                        "noise, but run-to-run noise was not measured: set Repeats to 3 or more to tell")
             text = f"{row['label']} is {v['ratio']:.2f}x as fast as {baseline['label']} ({interval}): {call}"
         out.append({"label": row["label"], "id": row["id"], "ratio": v["ratio"], "ci95": v["ci95"],
                     "verdict": v["verdict"], "basis": v["basis"], "text": text})
@@ -469,6 +474,41 @@ def md_escape(text: str) -> str:
     """Text that st.markdown shows as typed: labels may carry values a person typed, and Markdown
     would turn them into links or images in every viewer's browser."""
     return "".join("\\" + c if c in _MARKDOWN else c for c in str(text))
+
+
+def group_figure_rows(unit: dict) -> list[dict]:
+    """A repeat group's figures (repeats.unit_figures) as table rows: central value, interval,
+    cv, how many repeats had the figure, and each repeat's value; accuracy in %."""
+    rows = []
+    for key, f in unit["figures"].items():
+        if f["value"] is None:
+            continue
+        spec = repeats.FIGURES[key]
+        scale = 100 if spec.unit == "fraction" else 1
+        rows.append({"figure": spec.label + (" (%)" if scale == 100 else f" ({spec.unit})"),
+                     "central": scale * f["value"],
+                     "95 % low": scale * f["ci95"][0] if f["ci95"] else None,
+                     "95 % high": scale * f["ci95"][1] if f["ci95"] else None,
+                     "cv %": 100 * f["cv"] if f["cv"] is not None else None, "n": f["n"],
+                     "each repeat": ", ".join("–" if v is None else f"{scale * v:,.4g}" for v in f["values"])})
+    return rows
+
+
+def outcome_text(o: dict) -> str:
+    """An advice outcome (advisor.advice_outcome) as Markdown: 'predicted x1.00 to x1.67 … —
+    measured **x2.10** (95 % interval x1.90 to x2.32, within run) on CPU: …: **above** the predicted
+    range.' Text from the store is escaped."""
+    rng = o["predicted_range"]
+    predicted = f"x{rng[0]:.2f} to x{rng[1]:.2f}" if rng else o["predicted"]
+    measured = f"x{o['measured_factor']:.2f}" if o["measured_factor"] is not None else "n/a"
+    ci = o["measured_ci95"]
+    interval = (" (no interval)" if not ci else f" (95 % interval unbounded, {o['measured_basis']})"
+                if math.isinf(ci[1]) else f" (95 % interval x{ci[0]:.2f} to x{ci[1]:.2f}, {o['measured_basis']})")
+    where = {"inside": "inside the predicted range", "above": "**above** the predicted range",
+             "below": "**below** the predicted range"}.get(o["position"], o["position"])
+    device = "" if o["same_device"] else "; NOT the parent's device"
+    return md_escape(f"predicted {predicted} {o['metric'] or ''} — measured ") + f"**{md_escape(measured)}**" \
+        + md_escape(f"{interval} on {o['device_label']}{device}") + f": {where}."
 
 
 def _why_none(*rows: dict) -> str:

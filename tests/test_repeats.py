@@ -160,3 +160,12 @@ def test_try_it_queues_as_many_repeats_as_the_parent_had(store):
     children = repeats.members(store, store.get(first))
     assert len(children) == 2 and {c.config["pipeline"] for c in children} == {"gpu"}
     assert all(c.parent_id == parent_id and store.metrics(c.id, "advice") for c in children)
+
+
+def test_single_runs_never_call_a_difference_beyond_noise_on_within_run_intervals_alone():
+    def single(run_id, value, ci):
+        return done_run(run_id, group=None, train_images_per_s=value, throughput={"ci95": ci, "quality": "solid"})
+    rows = views.figure_rows([single(1, 100.0, (98.0, 102.0)), single(2, 150.0, (147.0, 153.0))])
+    [v] = views.speed_verdicts(rows, rows[0])
+    assert v["verdict"] == "better" and v["basis"] == repeats.WITHIN
+    assert "run-to-run noise was not measured" in v["text"] and "beyond noise" not in v["text"]
