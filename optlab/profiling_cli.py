@@ -19,7 +19,7 @@ def _add_trace(p):
 def _trace(args) -> int:
     from optlab import tensorboard
     from optlab.profiling import run_trace_dir, trace_files, why_no_trace   # loads torch: only for this command
-    store, run = get_run(args.id)
+    store, run = get_run(args.id, readonly=not args.start)
     folder = run_trace_dir(store, run)
     files = trace_files(folder)
     if not files:
