@@ -223,16 +223,26 @@ def _add_run(p):
 
 
 def _run(args) -> int:
+    import os
+    import signal
+
     from optlab import device as devices
-    from optlab.runner import execute
     cfg = config_from_args(args)
     cfg.validate()   # names, types and ranges first: no need to load torch for a typo
     # Validate against this machine: "auto" describes the GPU when there is one, else the CPU.
     cfg.validate(devices.describe("cpu" if cfg.device == "cpu" else "auto"))
     store = get_store()
-    run_id = store.submit(cfg, user=args.user, status="running")
+    # The run lives in this process like a worker: it heartbeats and obeys a cancel, and if this
+    # process dies the scheduler (or a cancel) ends the run instead of leaving it running.
+    run_id = store.submit(cfg, user=args.user, status="running", worker_pid=os.getpid())
+    from optlab.worker import Worker
     bar = ProgressBar()
-    execute(store, run_id, on_progress=bar)
+    worker = Worker(store, run_id, foreground=True, on_progress=bar)
+    previous = signal.signal(signal.SIGTERM, worker.on_sigterm)
+    try:
+        worker.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     bar.done()
     run = store.get(run_id)
     if args.json:
