@@ -2,6 +2,11 @@
 
 Subcommands register themselves in COMMANDS (name -> (add_arguments, handler)), so other modules
 add theirs without touching an if-chain here.
+
+Only the commands that train or measure import torch (seconds): `list`, `show`, `status`,
+`submit` and `cancel` read and write the store in a fraction of a second. A mistake a person can
+make (a bad value or file, a run that does not exist, a store that cannot be opened) ends the
+command with one line on stderr and exit code 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import sys
 import time
 from typing import Callable
 
-from optlab.config import PIPELINES, PRECISIONS, PRESETS, ConfigError, RunConfig, parse_batch_size, preset
+from optlab.config import (DATASET_NAMES, MODEL_NAMES, PIPELINES, PRECISIONS, PRESETS, ConfigError, RunConfig,
+                           parse_batch_size, preset, unsafe_char)
 from optlab.registry import Registry
 
 COMMANDS: Registry[tuple[Callable, Callable]] = Registry("command")
@@ -28,18 +34,20 @@ def command(name: str):
     return add
 
 
-def get_store():
+def get_store(*, readonly: bool = False):
+    """The store of OPTLAB_HOME; `readonly` for commands that only read (they work on a
+    read-only store)."""
     from optlab.store import Store
-    return Store()
+    return Store(readonly=readonly)
 
 
 class RunNotFound(LookupError):
     """A run id that is not in the store; `main` prints it and exits with 2."""
 
 
-def get_run(run_id: int):
+def get_run(run_id: int, *, readonly: bool = False):
     """(store, run) for a run that exists, else RunNotFound naming the store."""
-    store = get_store()
+    store = get_store(readonly=readonly)
     run = store.get(run_id)
     if run is None:
         raise RunNotFound(f"no run #{run_id} in {store.home}")
@@ -48,12 +56,10 @@ def get_run(run_id: int):
 
 # -- run flags (shared by run, submit, and re-runs) ---------------------------------------------
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from optlab.data import DATASETS
-    from optlab.models import MODELS
     p.add_argument("--preset", choices=list(PRESETS), help="start from a named config")
     p.add_argument("--config", help="start from a RunConfig JSON file")
-    p.add_argument("--model", help=f"one of: {', '.join(MODELS.names())}")
-    p.add_argument("--dataset", help=f"one of: {', '.join(DATASETS.names())}")
+    p.add_argument("--model", help=f"one of: {', '.join(MODEL_NAMES)}")
+    p.add_argument("--dataset", help=f"one of: {', '.join(DATASET_NAMES)}")
     p.add_argument("--precision", help=f"one of: {', '.join(PRECISIONS)}")
     p.add_argument("--batch-size", type=parse_batch_size, help="images per step, or 'auto'")
     p.add_argument("--max-batch-size", type=int, help="cap for --batch-size auto")
@@ -87,9 +93,10 @@ _CONFIG_FLAGS = ("model", "dataset", "precision", "batch_size", "max_batch_size"
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config the flags describe: --config FILE or --preset, then each flag given. Not yet
+    validated; a file that cannot be read or is not a config raises ConfigError."""
     if args.config:
-        with open(args.config) as f:
-            cfg = RunConfig.from_json(f.read())
+        cfg = read_config_file(args.config)
     else:
         cfg = preset(args.preset) if args.preset else RunConfig()
     changes = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k, None) is not None}
@@ -97,6 +104,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if extra:
         changes["compress"] = cfg.compress + extra
     return cfg.replace(**changes)
+
+
+def read_config_file(path: str) -> RunConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise ConfigError(f"cannot read the config file {path}: {reason}") from None
+    try:
+        return RunConfig.from_json(text)
+    except ConfigError as e:
+        raise ConfigError(f"the config file {path}: {e}") from None
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -161,6 +181,8 @@ def summary_rows(run, group: list | None = None) -> list[tuple[str, str]]:
                        f"batch {s.get('batch_size', run.config['batch_size'])}, pipeline {run.config['pipeline']}"
                        + (", channels_last" if run.config["channels_last"] else "")
                        + (", compiled" if run.config["compile"] else ""))]
+    if run.label:
+        rows.insert(1, ("label", safe(run.label)))
     if run.error:
         rows.append(("error", run.error))
     if s.get("steps") is not None:
@@ -180,10 +202,21 @@ def summary_rows(run, group: list | None = None) -> list[tuple[str, str]]:
     return rows
 
 
+def safe(text, *, multiline: bool = False) -> str:
+    """Text from the store as it may reach a terminal: control characters (escape sequences,
+    carriage returns, new lines unless `multiline`) shown as escapes, never acted on."""
+    text = str(text)
+    return "".join(ch if not unsafe_char(ch) or (multiline and ch == "\n") else
+                   ascii(ch)[1:-1] for ch in text)
+
+
 def print_table(rows) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+        lines = safe(v, multiline=True).split("\n")
+        print(f"{k:<{width}}  {lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<{width}}  {line}")
 
 
 def json_view(run, group: list | None = None) -> dict:
@@ -242,24 +275,34 @@ def _add_run(p):
 
 
 def _run(args) -> int:
+    import os
+    import signal
+
     from optlab import device as devices
     from optlab.repeats import new_group_id
-    from optlab.runner import execute
     cfg = config_from_args(args)
+    cfg.validate()   # names, types and ranges first: no need to load torch for a typo
     # Validate against this machine: "auto" describes the GPU when there is one, else the CPU.
     cfg.validate(devices.describe("cpu" if cfg.device == "cpu" else "auto"))
     store = get_store()
+    # Each run lives in this process like a worker: it heartbeats and obeys a cancel, and if this
+    # process dies the scheduler (or a cancel) ends the run instead of leaving it running. Repeats
+    # run back to back (there is nothing to interleave with), each entering the store as it starts.
+    from optlab.worker import Worker
     group = new_group_id() if cfg.repeats > 1 else None
     runs = []
     for index in range(1, cfg.repeats + 1):
-        # Each repeat enters the store only when it starts ("running"), so a scheduler working the
-        # same store never takes one; back to back, since there is nothing to interleave with.
-        run_id = store.submit(cfg, user=args.user, status="running", repeat_group=group,
+        run_id = store.submit(cfg, user=args.user, status="running", worker_pid=os.getpid(), repeat_group=group,
                               repeat_index=index if group else None)
         if group:
             print(f"repeat {index} of {cfg.repeats}: run #{run_id}", file=sys.stderr)
         bar = ProgressBar()
-        execute(store, run_id, on_progress=bar)
+        worker = Worker(store, run_id, foreground=True, on_progress=bar)
+        previous = signal.signal(signal.SIGTERM, worker.on_sigterm)
+        try:
+            worker.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         bar.done()
         runs.append(store.get(run_id))
     if group:
@@ -300,7 +343,7 @@ def _add_list(p):
 
 
 def _list(args) -> int:
-    runs = get_store().list(status=args.status, limit=args.limit)
+    runs = get_store(readonly=True).list(status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps([json_view(r) for r in runs]))
         return 0
@@ -310,10 +353,11 @@ def _list(args) -> int:
         s = r.summary or {}
         acc = s.get("test_accuracy")
         print(f"{r.id:>5}  {r.status:<11} {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created_at)):<16} "
-              f"{(r.user or '-')[:10]:<10} {r.config['model'][:18]:<18} {r.config['precision']:<5} "
+              f"{safe(r.user or '-')[:10]:<10} {safe(r.config['model'])[:18]:<18} {safe(r.config['precision']):<5} "
               f"{str(s.get('batch_size', r.config['batch_size'])):>5} {_fmt(s.get('train_images_per_s'), '', 0):>9} "
               f"{'thin' if (s.get('throughput') or {}).get('quality') == 'thin' else '':<4} "
-              f"{_fmt(100 * acc if acc is not None else None, '', 1):>6}  {s.get('device_label', (r.device or {}).get('label', ''))}")
+              f"{_fmt(100 * acc if acc is not None else None, '', 1):>6}  "
+              f"{safe(s.get('device_label', (r.device or {}).get('label', '')))}")
     return 0
 
 
@@ -327,7 +371,7 @@ def _add_show(p):
 
 def _show(args) -> int:
     from optlab.repeats import members
-    store, run = get_run(args.id)
+    store, run = get_run(args.id, readonly=True)
     group = members(store, run)
     if args.json:
         print(json.dumps(json_view(run, group=group)))
@@ -337,6 +381,25 @@ def _show(args) -> int:
 
 
 command("show")((_add_show, _show))
+
+
+def _add_init(p):
+    pass
+
+
+def _init(args) -> int:
+    from optlab.store import Store, optlab_home
+    home = optlab_home()
+    existed = (home / "optlab.db").exists()
+    store = Store(create=True)
+    if existed:
+        print(f"the store {store.path} exists; nothing to do")
+    else:
+        print(f"created the store {store.path}")
+    return 0
+
+
+command("init")((_add_init, _init))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,9 +425,13 @@ def _load_command_modules() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from optlab.store import StoreError
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, RunNotFound) as e:
-        print(f"error: {e.args[0] if isinstance(e, RunNotFound) else e}", file=sys.stderr)
+    except (ConfigError, RunNotFound, StoreError) as e:
+        print(f"error: {safe(e.args[0] if e.args else e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from optlab.imageroots import allowed_image_roots, folder_problem, inside
 from optlab.registry import Registry
 
 
@@ -193,25 +194,13 @@ _register_cifar()
 
 
 # -- a folder of class sub-folders ------------------------------------------------------------------
-def allowed_image_roots() -> list[Path]:
-    """Folders under which `imagefolder` may read, from OPTLAB_IMAGE_ROOTS (os.pathsep separated)."""
-    value = os.environ.get("OPTLAB_IMAGE_ROOTS", "")
-    return [Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p]
-
-
 def check_image_folder(data_path: str | None) -> Path:
-    """The folder an imagefolder run may read, resolved; DataError when there is none, it lies
-    outside OPTLAB_IMAGE_ROOTS, or it is not a folder."""
-    if not data_path:
-        raise DataError("the imagefolder data set needs a folder (data_path / --data-path)")
-    path = Path(data_path).expanduser().resolve()
-    roots = allowed_image_roots()
-    if not any(path == r or r in path.parents for r in roots):
-        allowed = ", ".join(map(str, roots)) or "none (set OPTLAB_IMAGE_ROOTS on the server)"
-        raise DataError(f"{path} is outside the folders this server allows; allowed: {allowed}")
-    if not path.is_dir():
-        raise DataError(f"{path} is not a folder of class sub-folders")
-    return path
+    """The folder an imagefolder run may read, resolved; DataError naming the problem when there is
+    none, it lies outside OPTLAB_IMAGE_ROOTS, or it is not a folder (optlab.imageroots checks)."""
+    problem = folder_problem(data_path)
+    if problem:
+        raise DataError(problem)
+    return Path(data_path).expanduser().resolve()
 
 
 @DATASETS.register("imagefolder")
@@ -220,15 +209,36 @@ def imagefolder(cfg) -> DataSet:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.v2 import functional as F
 
-    path = check_image_folder(cfg.data_path)
+    problem = folder_problem(cfg.data_path)
+    if problem:
+        raise DataError(problem)
+    path = Path(cfg.data_path).expanduser().resolve()
+    roots = allowed_image_roots()
     size = cfg.image_size or 64
 
+    def confined(item: Path, what: str) -> Path:
+        # Every class folder and file is resolved on its own: a link inside an allowed root
+        # may point anywhere, and what it points to is what would be read.
+        real = item.resolve()
+        if not inside(real, roots):
+            raise DataError(f"{what} {item} links to a place outside the folders this server allows "
+                            f"({', '.join(map(str, roots))}); copy the images into an allowed folder instead")
+        return real
+
     def load(folder: Path):
-        found = ImageFolder(str(folder))
+        confined(folder, "the folder")
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir():
+                confined(entry, "the class folder")
+        try:
+            found = ImageFolder(str(folder))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{folder} is not a folder of class sub-folders with images ({e})") from None
         images = []
         for file, _ in found.samples:
+            real = confined(Path(file), "the image")
             try:
-                with Image.open(file) as pil:
+                with Image.open(real) as pil:
                     img = F.pil_to_tensor(pil.convert("RGB"))
             except (OSError, UnidentifiedImageError) as e:
                 raise DataError(f"{file} is not a readable image ({e})") from None

@@ -14,7 +14,8 @@ import signal
 import sys
 import time
 
-from optlab.cli import add_run_arguments, command, config_from_args, get_run, get_store, json_view, print_table, summary_rows
+from optlab.cli import (add_run_arguments, command, config_from_args, get_run, get_store, json_view, print_table, safe,
+                        summary_rows)
 
 
 def _submitter() -> str:
@@ -36,10 +37,9 @@ def _submit(args) -> int:
     from optlab import device as devices
     cfg = config_from_args(args)
     cfg.validate()   # the names first: no need to look at the GPU for a typo
-    # Check against the device the run would get here: 'cuda' without a GPU is refused by
-    # validate() itself, so describe what 'auto' finds instead of failing to open a GPU.
-    wanted = cfg.device if cfg.device == "cpu" or devices.cuda_available() else "auto"
-    cfg.validate(devices.describe(wanted))
+    # Against the device the run would get here, found without loading torch; 'cuda' without
+    # a GPU is described as the CPU, which validate() then refuses with the reason.
+    cfg.validate(devices.probe(cfg.device))
     from optlab import repeats
     ids = repeats.submit(get_store(), cfg, user=_submitter() if args.user is None else args.user, label=args.label)
     print("\n".join(map(str, ids)))   # one id a line, for scripts
@@ -74,13 +74,13 @@ def status_view(store, run) -> dict:
 
 
 def _status(args) -> int:
-    store, run = get_run(args.id)
+    store, run = get_run(args.id, readonly=True)
     view = status_view(store, run)
     if args.json:
         print(json.dumps(view))
         return 0
     rows = summary_rows(run)
-    rows.insert(1, ("submitted by", run.user or "-"))
+    rows.insert(1, ("submitted by", safe(run.user or "-")))
     if run.status == "queued":
         rows.append(("queue", f"position {view['queue_position']}"))
     if run.status == "running" and run.progress:
@@ -94,7 +94,7 @@ def _status(args) -> int:
     print_table(rows)
     if run.log_tail:
         print("\nlast log lines:")
-        print("\n".join(run.log_tail.splitlines()[-10:]))
+        print("\n".join(safe(line) for line in run.log_tail.splitlines()[-10:]))
     return 0
 
 
@@ -123,10 +123,13 @@ def _cancel(args) -> int:
     from optlab.scheduler import cancel
     store, before = get_run(args.id)
     status = cancel(store, args.id)
+    after = store.get(args.id)
     if before.status == "queued":
         print(f"run #{args.id} cancelled")
+    elif before.status == "running" and after.status == "cancelled":
+        print(f"run #{args.id} cancelled: {safe(after.error)}")
     elif before.status == "running":
-        print(f"run #{args.id}: cancel requested; its worker stops within seconds")
+        print(f"run #{args.id}: cancel requested; its process (pid {after.worker_pid}) stops within seconds")
     else:
         print(f"run #{args.id} is already {status}; nothing to cancel")
         return 1
@@ -145,6 +148,7 @@ def _add_queue(p):
 
 def _queue(args) -> int:
     from optlab.scheduler import Scheduler, SchedulerBusy
+    from optlab.store import StoreError
     if args.slots is not None and args.slots < 1:
         print(f"error: --slots must be >= 1, not {args.slots}", file=sys.stderr)
         return 2
@@ -171,6 +175,10 @@ def _queue(args) -> int:
     except SchedulerBusy as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except StoreError as e:   # the store vanished or cannot be written: stop our workers, say why
+        print(f"error: {e}", file=sys.stderr)
+        scheduler.stop(kill=True)
+        return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -32,14 +32,26 @@ TRACE_GLOB = "*.pt.trace.json*"
 TOP_N = 15
 
 
+_RECORDING = 0   # profiler windows open in this process
+
+
+def recording() -> bool:
+    """Whether a profiler window is open in this process. A signal handler must not raise an
+    exception into the profiler's own code then: a profiler stopped half-way crashes the
+    process (SIGSEGV) when it exits. The worker waits for the training loop's next check instead."""
+    return _RECORDING > 0
+
+
 class ProfileWindow:
     def __init__(self, trace_dir: Path, device: torch.device, *, first_step: int, warmup: int = 2,
                  active: int = 3, worker_name: str = "train"):
+        global _RECORDING
         self.first, self.warmup, self.active = first_step, warmup, active
         self.trace_dir = Path(trace_dir)
         self.trace_dir.mkdir(parents=True, exist_ok=True)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         self.profiler_result = None
+        self.error: BaseException | None = None   # why the window could not be closed cleanly
         handler = tensorboard_trace_handler(str(self.trace_dir), worker_name=worker_name, use_gzip=True)
 
         def on_ready(prof):
@@ -50,6 +62,7 @@ class ProfileWindow:
                             on_trace_ready=on_ready)
         self.prof.start()
         self.open = True
+        _RECORDING += 1
 
     def step(self, step: int) -> None:
         if not self.open:
@@ -62,9 +75,18 @@ class ProfileWindow:
         return self.first <= step <= self.first + self.warmup + self.active
 
     def close(self) -> None:
+        """Stop the profiler (idempotent). Called on every path out of the training loop; a
+        failure to stop is kept in `error` rather than raised, so that a cancel or an error
+        already unwinding the loop is what the run reports."""
+        global _RECORDING
         if self.open:
             self.open = False
-            self.prof.stop()
+            try:
+                self.prof.stop()
+            except Exception as e:
+                self.error = e
+            finally:
+                _RECORDING -= 1
 
     @property
     def trace_files(self) -> list[Path]:

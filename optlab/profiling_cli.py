@@ -7,9 +7,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from optlab import tensorboard
 from optlab.cli import command, get_run
-from optlab.profiling import run_trace_dir, trace_files, why_no_trace
 
 
 def _add_trace(p):
@@ -19,7 +17,9 @@ def _add_trace(p):
 
 
 def _trace(args) -> int:
-    store, run = get_run(args.id)
+    from optlab import tensorboard
+    from optlab.profiling import run_trace_dir, trace_files, why_no_trace   # loads torch: only for this command
+    store, run = get_run(args.id, readonly=not args.start)
     folder = run_trace_dir(store, run)
     files = trace_files(folder)
     if not files:

@@ -7,17 +7,21 @@ The CLI calls it in-process; the background worker calls it in its own process.
 """
 from __future__ import annotations
 
+import errno
 import gc
+import json
 import os
 import statistics
 import time
 import traceback
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from optlab import device as devices
 from optlab.batchsize import CPU_MEMORY_SHARE, BatchSearch, batch_cap, search_batch_size, search_by_throughput
+from optlab.compress.checkpoint import save_weights
 from optlab.config import ConfigError, RunConfig
 from optlab.data import DataError, load_dataset
 from optlab.hostload import HostWatch, ThreadPlan, apply_plan, plan_for
@@ -26,7 +30,7 @@ from optlab.memory import PhasePeak, memory_limit_mb, release_freed_memory
 from optlab.models import MODELS, build_model, count_parameters
 from optlab.pipeline import make_pipeline, memory_format, normalisation, to_model_input
 from optlab.stats import throughput_figures
-from optlab.store import Store
+from optlab.store import Store, StoreError
 from optlab.train import RunCancelled, evaluate, setup_optimizer, setup_precision, train
 
 USER_ERRORS = (ConfigError, DataError)
@@ -40,7 +44,11 @@ def is_out_of_memory(e: BaseException) -> bool:
 def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None, threads: ThreadPlan | None = None) -> dict | None:
     """Run `run_id` to the end and leave it done, failed or cancelled, with the reason.
-    Returns the summary of a finished run, None otherwise. `threads` is the worker's CPU plan;
+    Returns the summary of a finished run, None otherwise.
+
+    The run's folder and its first file are written before any work, so a full or read-only
+    disk fails the run at once with that reason. An exception while a stop was asked for
+    (`should_stop()`) ends the run cancelled, not failed: it is the cancel unwinding. `threads` is the worker's CPU plan;
     without one (the CLI's in-process run) it is made here from the cores this process may use."""
     run = store.get(run_id)
     cfg = run.run_config
@@ -51,6 +59,7 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
         cfg.validate(info)
         store.update(run_id, status="running", device=info.to_dict(),
                      started_at=run.started_at or time.time())
+        prepare_run_folder(store, run_id, cfg)
         cfg, threads = use_cpu_plan(store, run_id, cfg, threads)
         summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
         store.finish(run_id, "done", summary=summary)
@@ -59,7 +68,10 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
         store.finish(run_id, "cancelled", error="cancelled on request")
     except USER_ERRORS as e:
         store.finish(run_id, "failed", error=str(e))
+    except StoreError:
+        raise   # the store itself cannot be written: nothing here can record it
     except BaseException as e:
+        disk = disk_problem(e)
         if is_out_of_memory(e):
             bs = store.get(run_id).summary or {}
             size = bs.get("batch_size", batch_size)
@@ -68,9 +80,17 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
             store.finish(run_id, "failed", error=f"out of memory at batch size {size}: {suggestion}")
         elif isinstance(e, KeyboardInterrupt):
             store.finish(run_id, "cancelled", error="interrupted from the keyboard")
+        elif should_stop is not None and should_stop():
+            store.finish(run_id, "cancelled", error="cancelled on request")
+        elif disk:
+            store.finish(run_id, "failed", error=disk)
         else:
-            store.add_event(run_id, traceback.format_exc(), level="error")
+            # The short write first: if the disk is full, the reason is what must get through.
             store.finish(run_id, "failed", error=f"{type(e).__name__}: {e}")
+            try:
+                store.add_event(run_id, traceback.format_exc(), level="error")
+            except StoreError:
+                pass
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
     finally:
@@ -89,6 +109,39 @@ def use_cpu_plan(store, run_id: int, cfg: RunConfig, plan: ThreadPlan | None) ->
     if cfg.pipeline == "cpu" and cfg.num_workers != plan.loader_workers:
         cfg = cfg.replace(num_workers=plan.loader_workers)
     return cfg, plan
+
+
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EFBIG: "the file is larger than allowed"}
+
+
+def disk_problem(e: BaseException) -> str | None:
+    """'no space left on the device writing /path/model.pt', for a file-system error anywhere in
+    the exception's chain (torch wraps some in RuntimeError); None for other errors."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"{DISK_ERRORS[e.errno]}{where} ({os.strerror(e.errno)}); free space or fix the folder, then run it again"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def prepare_run_folder(store: Store, run_id: int, cfg: RunConfig) -> Path:
+    """The run's folder with `run.json` (its id and config) in it, written before any work."""
+    folder = store.artifacts_dir(run_id)
+    path = folder / "run.json"
+    tmp = folder / ".run.json.partial"
+    try:
+        tmp.write_text(json.dumps({"id": run_id, "config": cfg.to_dict()}, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        e.filename = e.filename or str(path)
+        raise
+    return folder
 
 
 def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop, threads=None) -> dict:
@@ -149,7 +202,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
 
     params, nonzero = count_parameters(model)
     weights = store.artifacts_dir(run_id) / "model.pt"
-    torch.save(model.state_dict(), weights)
+    save_weights(model, weights)
     summary = summarize(cfg, result, memory, info, batch_size, search, ds)
     summary.update(host=host, params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
                    weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,

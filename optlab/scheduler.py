@@ -1,18 +1,24 @@
-"""The scheduler: hands queued runs to free slots and watches the worker processes.
+"""The scheduler: hands queued runs to free slots and watches the processes that run them.
 
-One scheduler per OPTLAB_HOME (a lock file says which process it is); one slot per visible GPU
-by default, one on a CPU-only machine. Each run gets its own process,
+One scheduler per OPTLAB_HOME (an flock on the folder itself says which process it is); one slot
+per visible GPU by default, one on a CPU-only machine. Each run gets its own process,
 `python -m optlab.worker RUN_ID`, in a new session so that the whole process group can be
 stopped, pinned to its slot's GPU. Order is fair: FIFO within a submitter, round-robin across
 submitters (Store.fair_queue). A worker that dies leaves its run failed with the exit code or
 signal and its last log lines; a cancel is a SIGTERM to the group, then SIGKILL after a grace
-period. When a scheduler starts, runs left running by a dead worker become interrupted.
+period.
+
+Every running run is watched, whoever runs it: this scheduler's workers, a worker started by
+hand or by an earlier scheduler, a foreground `optlab run` (both adopted: they take a slot). A
+process that is gone, or sends no heartbeat for STALE_S (stopped, hung), is ended and its run
+failed with the reason; one stopped while the store's write lock is held is ended at once (it
+may hold the lock), so that it cannot hold everyone else's writes. When a scheduler starts, runs whose process is gone
+become interrupted.
 """
 from __future__ import annotations
 
 import atexit
 import fcntl
-import itertools
 import logging
 import os
 import signal
@@ -24,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optlab import fairuse
-from optlab.store import Run, Store
+from optlab.device import visible_gpus
+from optlab.store import Run, Store, StoreError
 from optlab.worker import log_tail
 
 log = logging.getLogger("optlab.scheduler")
 
 GRACE_S = 10.0    # SIGTERM, then this long, then SIGKILL
-STALE_S = 30.0    # a worker whose heartbeat is older than this is gone
+STALE_S = 30.0    # a run whose process sent no heartbeat for this long is ended
+LOCK_PROBE_S = 1.0   # a write lock held this long while a run's process is stopped: that process holds it
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -39,29 +47,6 @@ class SchedulerBusy(RuntimeError):
 
 
 # -- slots ----------------------------------------------------------------------------------------------
-def _gpu_count() -> int:
-    if "torch" in sys.modules:   # already loaded: its count honours CUDA_VISIBLE_DEVICES
-        import torch
-        return torch.cuda.device_count()
-    try:   # without loading torch (seconds) for a standalone `python -m optlab queue`
-        import pynvml
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetCount()
-    except Exception:
-        return 0
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this server may use, as values for a worker's CUDA_VISIBLE_DEVICES."""
-    count = _gpu_count()
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None:
-        return [str(i) for i in range(count)]
-    # CUDA stops reading the list at the first invalid entry, e.g. "-1"
-    listed = list(itertools.takewhile(lambda x: x and not x.startswith("-"), (x.strip() for x in env.split(","))))
-    return listed[:count]
-
-
 def default_slots() -> int:
     """One slot per visible GPU; one on a CPU-only machine."""
     return max(1, len(visible_gpus()))
@@ -104,6 +89,54 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def process_state(pid: int | None) -> str | None:
+    """The kernel's one-letter state of a process ('R', 'S', 'T' stopped, 'Z', ...), None if gone."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def holds_write_lock(pid: int | None, paths: list[Path]) -> bool | None:
+    """Whether process `pid` holds a POSIX write lock on one of `paths` (SQLite's write lock is
+    one on the -shm file in WAL mode), from /proc/locks; None where that cannot be read."""
+    try:
+        inodes = {os.stat(p).st_ino for p in paths if os.path.exists(p)}
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        # "1: POSIX  ADVISORY  WRITE 1234 fe:00:2146737 120 120"; waiting requests carry "->"
+        parts = line.split()
+        if len(parts) >= 6 and "->" not in parts and parts[1] == "POSIX" and parts[3] == "WRITE" \
+                and parts[4] == str(pid) and int(parts[5].rsplit(":", 1)[1]) in inodes:
+            return True
+    return False
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill(pid: int, wait_s: float = 5.0) -> None:
+    """SIGKILL one process that is not our child, and wait (briefly) until it is gone, so that
+    the store locks it held are free."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + wait_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     """Signal the worker's process group (its DataLoader workers too); the pid alone if the
     worker is not a group leader, so that we never signal a group we belong to."""
@@ -136,38 +169,50 @@ class Job:
 
 
 class SchedulerLock:
-    """An flock on OPTLAB_HOME/scheduler.lock holding the owner's pid. The kernel drops it when
-    the process dies, so a crashed scheduler never blocks the next one."""
+    """An flock on the OPTLAB_HOME folder itself, held for the scheduler's life; the kernel drops
+    it when the process dies, so a crashed scheduler never blocks the next one. (A lock on a
+    file is lost when someone deletes the file: the next scheduler locks a new file of the same
+    name. The folder holding the store cannot be deleted from under it.) `scheduler.lock` holds
+    the holder's pid, for messages only."""
 
     def __init__(self, home: Path):
-        self.path = Path(home) / "scheduler.lock"
-        self._file = None
+        self.home = Path(home)
+        self.path = self.home / "scheduler.lock"
+        self._fd: int | None = None
 
     def acquire(self) -> tuple[bool, str]:
         """(acquired, pid of the holder)."""
-        if self._file is not None:
+        if self._fd is not None:
             return True, str(os.getpid())
-        f = open(self.path, "a+")
+        fd = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
-            return False, holder
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        self._file = f
+            os.close(fd)
+            return False, self._holder()
+        self._fd = fd
+        try:
+            self.path.write_text(f"{os.getpid()}\n")
+        except OSError:
+            pass   # the lock holds without the note
         return True, str(os.getpid())
 
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
     def release(self) -> None:
-        if self._file is not None:
-            self._file.truncate(0)
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            if self._holder() == str(os.getpid()):
+                try:
+                    self.path.write_text("")
+                except OSError:
+                    pass
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def claim_next(store: Store, worker_pid: int | None = None) -> Run | None:
@@ -184,16 +229,35 @@ def claim_next(store: Store, worker_pid: int | None = None) -> Run | None:
 
 def cancel(store: Store, run_id: int) -> str:
     """Cancel a queued or running run. A queued run is cancelled at once; a running run is asked
-    to stop (its worker polls the flag; the scheduler sends SIGTERM, then SIGKILL) and ends
-    cancelled. Returns the status the run now has or is heading to: 'cancelled', or the finished
-    status it already had ('done', 'failed', ...). Raises LookupError for an unknown id."""
+    to stop (its process polls the flag; the scheduler sends SIGTERM, then SIGKILL) and ends
+    cancelled; a running run whose process is gone or silent is cancelled at once. Returns the
+    status the run now has or is heading to: 'cancelled', or the finished status it already had
+    ('done', 'failed', ...). Raises LookupError for an unknown id."""
     status = store.request_cancel(run_id)
     if status is None:
         raise LookupError(f"no run #{run_id}")
     if status == "running":
         store.add_event(run_id, "cancel requested")
+        gone = gone_reason(store.get(run_id))
+        if gone and store.finish_if_running(run_id, "cancelled", error=f"cancelled: {gone}"):
+            store.add_event(run_id, f"cancelled at once: {gone}", level="warning")
         return "cancelled"
     return status
+
+
+def gone_reason(run: Run, stale_s: float = STALE_S) -> str | None:
+    """Why nobody is running this 'running' run any more (its process is gone, or silent for
+    longer than `stale_s`), or None while its process is alive and beating."""
+    if run is None or run.status != "running":
+        return None
+    if not run.worker_pid:
+        return "no process was recorded for it"
+    if not pid_alive(run.worker_pid):
+        return f"its process (pid {run.worker_pid}) was gone"
+    age = time.time() - (run.heartbeat_at or run.started_at or run.created_at)
+    if age > stale_s:
+        return f"its process (pid {run.worker_pid}) sent no heartbeat for {age:.0f} s"
+    return None
 
 
 # -- the scheduler ----------------------------------------------------------------------------------
@@ -215,6 +279,9 @@ class Scheduler:
         self._stop = threading.Event()
         self._stopping = False
         self._recovered = False
+        self._trouble: str | None = None        # the last round's failure, logged once
+        self.store_error: Exception | None = None   # the store cannot be used (gone, read-only)
+        self._locked: bool | None = None        # this round's answer to "is the store locked?"
 
     def __repr__(self) -> str:
         return f"Scheduler({self.store.home}, slots={self.slots}, active={self.active}, jobs={sorted(self.jobs)})"
@@ -261,6 +328,8 @@ class Scheduler:
             while True:
                 if not background:
                     self.tick()
+                    if self.store_error is not None:
+                        raise self.store_error
                     if not self.active:
                         raise SchedulerBusy(self.message)
                 if self.idle():
@@ -280,6 +349,8 @@ class Scheduler:
         another scheduler holds this store."""
         while not self._stop.is_set():
             self.tick()
+            if self.store_error is not None:
+                raise self.store_error
             if not self.active:
                 raise SchedulerBusy(self.message)
             self._stop.wait(self.poll_s)
@@ -290,21 +361,37 @@ class Scheduler:
 
     # -- one round ----------------------------------------------------------------------------------
     def tick(self) -> None:
-        """One round: take the lock if free, recover, reap, enforce cancels, fill free slots."""
+        """One round: take the lock if free, watch every running run, reap, enforce cancels,
+        fill free slots. A failure is logged once (not every round) and the next round tries again."""
         with self._tick_lock:
+            self._locked = None
             try:
                 if not self._acquire():
                     return
-                if not self._recovered:
-                    self._recover()
-                    self._recovered = True
+                self._watch(starting=not self._recovered)
+                self._recovered = True
                 self._reap()
                 self._enforce_budget()
                 self._enforce_cancels()
                 if fairuse.paused(self.store) is None:
                     self._fill()
-            except Exception:   # a busy database or a failed spawn must not end the scheduler
-                log.exception("scheduler round failed; trying again")
+            except StoreError as e:   # gone, read-only, full: say it once, in one line
+                self.store_error = e
+                self._report(f"the scheduler cannot use the store: {e}", traceback=False)
+            except Exception as e:   # a failed spawn or a bug must not end the scheduler
+                self._report(f"scheduler round failed ({type(e).__name__}: {e}); trying again", traceback=True)
+            else:
+                self.store_error = None
+                if self._trouble is not None:
+                    log.info("scheduler rounds work again")
+                    self._trouble = None
+                    self.message = self._active_message() if self.active else self.message
+
+    def _report(self, message: str, traceback: bool) -> None:
+        if message != self._trouble:
+            self._trouble = message
+            self.message = message
+            log.error(message, exc_info=traceback)
 
     def _acquire(self) -> bool:
         if self.active:
@@ -312,8 +399,7 @@ class Scheduler:
         ok, holder = self._lock.acquire()
         if ok:
             self.active, self._recovered = True, False
-            where = ", ".join(f"GPU {g}" for g in self.gpus) or "the CPU"
-            self.message = f"handing out runs from {self.store.home} to {self.slots} slot(s) on {where}"
+            self.message = self._active_message()
             log.info("scheduler pid %d: %s", os.getpid(), self.message)
         else:
             who = f"pid {holder}" + (", this process" if holder == str(os.getpid()) else "")
@@ -324,77 +410,124 @@ class Scheduler:
             self.message = message
         return ok
 
+    def _active_message(self) -> str:
+        where = ", ".join(f"GPU {g}" for g in self.gpus) or "the CPU"
+        return f"handing out runs from {self.store.home} to {self.slots} slot(s) on {where}"
+
     def _release(self) -> None:
         if self.active:
             self._lock.release()
             self.active = False
             self.message = "stopped"
 
-    def _recover(self) -> None:
-        """Runs left running by an earlier scheduler: adopt those whose worker is alive and
-        beating, mark the rest interrupted. Runs executed in-process (`optlab run`) have no
-        heartbeat and are not ours to judge."""
+    def _watch(self, starting: bool) -> None:
+        """Every running run that none of this scheduler's workers runs: a worker started by an
+        earlier scheduler or by hand, or a foreground `optlab run`. A live, beating process is
+        adopted (it takes a slot and is watched like our own); for the others the run ends with
+        the reason: interrupted when found at start, failed when its process ends later."""
         for run in self.store.list(status="running", newest_first=False):
-            if run.id in self.jobs or (run.heartbeat_at is None and run.worker_pid is None):
+            if run.id in self.jobs:
                 continue
-            alive = pid_alive(run.worker_pid)
-            fresh = run.heartbeat_at is not None and time.time() - run.heartbeat_at < self.stale_s
-            if alive and fresh:
-                self.jobs[run.id] = Job(run.id, run.worker_pid, self._free_slot())
-                self.store.add_event(run.id, f"scheduler pid {os.getpid()} adopted worker pid {run.worker_pid}")
-                log.info("run #%d: adopted its live worker pid %d", run.id, run.worker_pid)
-                continue
-            why = ("its worker never started" if not run.worker_pid else
-                   f"its worker (pid {run.worker_pid}) was gone" if not alive else
-                   f"its worker (pid {run.worker_pid}) sent no heartbeat for {self.stale_s:.0f} s")
-            self._end(run.id, "cancelled" if run.cancel_requested else "interrupted",
-                      f"{why} when the scheduler started", self._log_path(run.id))
+            if pid_alive(run.worker_pid):
+                why = self._frozen(run)   # before any write: a stopped process may hold the lock
+                if why is None:
+                    if gone_reason(run, self.stale_s) is None:
+                        self.jobs[run.id] = Job(run.id, run.worker_pid, self._free_slot())
+                        self.store.add_event(run.id, f"scheduler pid {os.getpid()} adopted its process "
+                                                     f"(pid {run.worker_pid})")
+                        log.info("run #%d: adopted its live process pid %d", run.id, run.worker_pid)
+                    continue   # silent while the store is locked: not judged this round
+                _kill(run.worker_pid)
+                status = "cancelled" if run.cancel_requested else "failed"
+            else:
+                why = gone_reason(run, self.stale_s)
+                status = "cancelled" if run.cancel_requested else "interrupted" if starting else "failed"
+                if starting:
+                    why += " when the scheduler started"
+            self._end(run.id, status, why, self._log_path(run.id))
+
+    def _frozen(self, run: Run) -> str | None:
+        """Why the live process of a running run must be ended, or None: no heartbeat for
+        stale_s, or stopped (SIGSTOP) while the store is locked: it may hold the lock everyone
+        else waits for. A silent process that is not stopped is not judged while the store is
+        locked: the lock, not the process, may be what keeps its heartbeat from the store."""
+        age = time.time() - (run.heartbeat_at or run.started_at or run.created_at)
+        stopped = process_state(run.worker_pid) in ("T", "t")
+        if stopped:
+            held = holds_write_lock(run.worker_pid, [self.store.path, Path(f"{self.store.path}-shm")])
+            if held or (held is None and self._store_locked()):
+                return (f"its process (pid {run.worker_pid}) was stopped (SIGSTOP or Ctrl-Z) holding the store "
+                        "locked; it was ended so that the other processes can go on")
+        if age > self.stale_s and (stopped or not self._store_locked()):
+            how = "stopped (SIGSTOP or Ctrl-Z)" if stopped else "hung"
+            return f"its process (pid {run.worker_pid}) sent no heartbeat for {age:.0f} s ({how}); it was ended"
+        return None
+
+    def _store_locked(self) -> bool:
+        if self._locked is None:
+            self._locked = self.store.write_locked(timeout_s=LOCK_PROBE_S)
+        return self._locked
 
     def _reap(self) -> None:
         for job in list(self.jobs.values()):
             ended, rc = job.poll()
             if ended:
                 self._settle(job, rc)
-            elif job.proc is None:
-                run = self.store.get(job.run_id)
-                if run is None:
+                continue
+            run = self.store.get(job.run_id)
+            if run is None or run.status != "running":
+                if job.proc is None:
+                    self.jobs.pop(job.run_id, None)   # an adopted process that finished its run
+                continue
+            frozen = self._frozen(run)
+            if frozen is not None:
+                # Kill first: a stopped process may hold the store's write lock, which _end needs.
+                if job.proc is not None:
+                    _signal_group(job.pid, signal.SIGKILL)
+                    try:
+                        job.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                else:
+                    _kill(job.pid)
                     self.jobs.pop(job.run_id, None)
-                elif run.status == "running" and time.time() - (run.heartbeat_at or 0) > self.stale_s:
-                    self.jobs.pop(job.run_id, None)
-                    self._end(job.run_id, "interrupted",
-                              f"its worker (pid {job.pid}) sent no heartbeat for {self.stale_s:.0f} s",
-                              self._log_path(job.run_id))
+                status = "cancelled" if run.cancel_requested else "failed"
+                self._end(job.run_id, status, frozen, self._log_path(job.run_id), with_lines=status == "failed")
 
     def _settle(self, job: Job, returncode: int | None) -> None:
-        """The worker process ended: if it left its run running, say why the run ended."""
-        self.jobs.pop(job.run_id, None)
+        """The worker process ended: if it left its run running, say why the run ended. The job
+        is let go only once the store took it, so a store that cannot be written (a full disk)
+        is tried again next round, never left `running` with no one watching."""
         if job.proc is not None:   # we started it as a group leader: end what it left behind
             try:
                 os.killpg(job.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         run = self.store.get(job.run_id)
-        if run is None:
-            return
         how = describe_exit(returncode)
-        if job.stop_reason and run.status == "cancelled":     # the worker ended it: keep our reason
+        if run is None:
+            pass
+        elif job.stop_reason and run.status == "cancelled":     # the worker ended it: keep our reason
             self.store.update(job.run_id, error=job.stop_reason)
         elif job.stop_reason and run.status == "running":
             self._end(job.run_id, "cancelled", f"{job.stop_reason} (the worker {how})", self._log_path(job.run_id))
             return
-        if run.status != "running":
+        if run is None:
+            pass
+        elif run.status != "running":
             tail = log_tail(self._log_path(job.run_id))
             if tail:
                 self.store.update(job.run_id, log_tail=tail)
             log.info("run #%d %s (worker %s)", job.run_id, run.status, how)
-            return
-        if run.cancel_requested:
-            status, error = "cancelled", f"cancelled on request (the worker {how})"
-        elif self._stopping:
-            status, error = "interrupted", f"the scheduler stopped (the worker {how})"
         else:
-            status, error = "failed", f"worker {how}"
-        self._end(job.run_id, status, error, self._log_path(job.run_id), with_lines=status == "failed")
+            if run.cancel_requested:
+                status, error = "cancelled", f"cancelled on request (the worker {how})"
+            elif self._stopping:
+                status, error = "interrupted", f"the scheduler stopped (the worker {how})"
+            else:
+                status, error = "failed", f"worker {how}"
+            self._end(job.run_id, status, error, self._log_path(job.run_id), with_lines=status == "failed")
+        self.jobs.pop(job.run_id, None)
 
     def _end(self, run_id: int, status: str, error: str, log_path: Path, with_lines: bool = False) -> None:
         """running -> status with the reason and the log's last lines (unless the run ended meanwhile)."""
@@ -428,13 +561,16 @@ class Scheduler:
             job = self.jobs.get(run.id)
             if job is None or not run.cancel_requested:
                 continue
+            # Our workers lead their own process group; an adopted process (a foreground
+            # `optlab run`) may share a group with a person's shell pipeline: the pid alone.
+            send = _signal_group if job.proc is not None else _signal_pid
             if job.term_at is None:
                 job.term_at = now
-                _signal_group(job.pid, signal.SIGTERM)
+                send(job.pid, signal.SIGTERM)
                 self.store.add_event(run.id, f"cancel: SIGTERM to worker group {job.pid}")
             elif not job.killed and now - job.term_at > self.grace_s:
                 job.killed = True
-                _signal_group(job.pid, signal.SIGKILL)
+                send(job.pid, signal.SIGKILL)
                 self.store.add_event(run.id, f"cancel: no exit after {self.grace_s:.0f} s, SIGKILL to group {job.pid}",
                                      level="warning")
 
@@ -487,9 +623,13 @@ class Scheduler:
         log.info("run #%d (%s): worker pid %d on slot %d (%s)", run.id, run.user or "anonymous", proc.pid, slot, where)
 
     def _stop_all(self) -> None:
-        """SIGTERM every worker, wait up to the grace period, SIGKILL what is left; runs end interrupted."""
+        """SIGTERM every worker this scheduler started, wait up to the grace period, SIGKILL what
+        is left; their runs end interrupted. Adopted processes (a foreground `optlab run`, a
+        worker started by hand) are not ours to stop: they go on, and a later scheduler adopts them."""
         self._stopping = True
         try:
+            for run_id in [j.run_id for j in self.jobs.values() if j.proc is None]:
+                self.jobs.pop(run_id)
             for job in self.jobs.values():
                 _signal_group(job.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.grace_s

@@ -1,8 +1,15 @@
 """The store: SQLite (WAL) under OPTLAB_HOME, the single source of truth.
 
 The UI reads only the store; workers write only the store and their run's artifact folder
-(OPTLAB_HOME/runs/<id>/). Every call opens its own short connection, so threads and
-processes can share one store; claims are atomic UPDATEs.
+(OPTLAB_HOME/runs/<id>/). Every call opens its own short connection and every write is one
+short transaction, so threads and processes can share one store; claims are atomic UPDATEs.
+
+A store is created on the first start (an OPTLAB_HOME with no trace of a store) or when a person
+asks (`Store(create=True)`, `python -m optlab init`), never by opening it: a database that has
+disappeared while its marker file or run folders remain is a StoreMissing error naming the file,
+and connections open the file without creating it (SQLite would otherwise make a new, empty one).
+Run ids never point into a folder a lost store left behind. A read-only OPTLAB_HOME can be read
+(`readonly=True`); writing to it is a StoreReadOnly error.
 """
 from __future__ import annotations
 
@@ -11,12 +18,13 @@ import os
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from optlab.config import RunConfig
+from optlab.config import ConfigError, RunConfig, text_problem
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINISHED = ("done", "failed", "cancelled", "interrupted")
@@ -72,6 +80,22 @@ _ADDED_COLUMNS = (
     ("origin", "TEXT"),            # JSON: where an imported run came from (optlab.bundle); NULL for local runs
     ("origin_key", "TEXT"),        # that origin as one string, so a re-imported run is found, not duplicated
 )
+DATABASE = "optlab.db"
+MARKER = "store.json"        # written when the store is created: a store lived here
+BUSY_TIMEOUT_S = 30          # how long a call waits for another process's write to end
+USER_MAX, LABEL_MAX = 64, 200
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked; the message names the file and what to do."""
+
+
+class StoreMissing(StoreError):
+    """The database is not there (deleted, moved), or there never was one and none may be made."""
+
+
+class StoreReadOnly(StoreError):
+    """A write to a store on a read-only OPTLAB_HOME."""
 
 
 def optlab_home() -> Path:
@@ -119,41 +143,201 @@ class Run:
 
 
 class Store:
-    def __init__(self, home: str | Path | None = None):
+    def __init__(self, home: str | Path | None = None, *, create: bool | None = None, readonly: bool = False):
+        """Open the store in `home` (default OPTLAB_HOME).
+
+        create: None (default) makes a new store only on the first start, when `home` holds no
+        trace of one; True makes one even where a store was lost (a person asked: ids continue
+        after the last run folder); False never makes one. readonly: open without writing, for
+        commands that only read; they then work on a read-only OPTLAB_HOME.
+        """
         self.home = Path(home) if home else optlab_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.path = self.home / "optlab.db"
-        with self.connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            _migrate(db)
+        self.path = self.home / DATABASE
+        self.readonly = readonly
+        if not self.path.exists():
+            self._create(create)
+        if not readonly:
+            with self.connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                _migrate(db)
+            if not (self.home / MARKER).exists():
+                self._write_marker()   # a store made before markers existed
+
+    # -- opening ---------------------------------------------------------------------------------------
+    def _traces(self) -> list[str]:
+        """What shows that a store lived here before: its marker file, its run folders."""
+        return [str(p) for p in (self.home / MARKER, self.home / "runs") if p.exists()]
+
+    def _missing(self) -> StoreMissing:
+        traces = self._traces()
+        if traces:
+            return StoreMissing(
+                f"the store {self.path} is gone ({' and '.join(traces)} remain{'s' if len(traces) == 1 else ''}): "
+                "restore the file from a backup, or start a new, empty store with `python -m optlab init` "
+                "(new run ids continue after the last run folder)")
+        return StoreMissing(f"there is no store at {self.path}; `python -m optlab init` creates one "
+                            "(so does the first run or submit)")
+
+    def _create(self, create: bool | None) -> None:
+        if create is False or (create is None and self._traces()) or (self.readonly and not self._writable()):
+            raise self._missing()
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._uri("rwc"), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                self._continue_ids(db)
+            finally:
+                db.close()
+            self._write_marker()
+        except (OSError, sqlite3.Error) as e:
+            if not self._writable():
+                raise StoreReadOnly(f"cannot create the store {self.path}: {self._nearest_dir()} is read-only") from None
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise StoreError(f"cannot create the store {self.path}: {reason}") from None
+
+    def _continue_ids(self, db: sqlite3.Connection) -> None:
+        """Ids start after the highest run folder, so a new store never writes into a lost one's."""
+        top = self._highest_folder_id()
+        if top:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'runs'", (top,)).rowcount == 0:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('runs', ?)", (top,))
+            db.execute("COMMIT")
+
+    def _highest_folder_id(self) -> int:
+        try:
+            return max((int(p.name) for p in (self.home / "runs").iterdir() if p.name.isdigit()), default=0)
+        except OSError:
+            return 0
+
+    def _write_marker(self) -> None:
+        try:
+            (self.home / MARKER).write_text(json.dumps({
+                "database": DATABASE, "created_at": time.time(),
+                "note": "OptLab's store lives here; if the database disappears, OptLab stops instead of "
+                        "starting an empty one"}) + "\n")
+        except OSError:
+            pass   # a read-only home keeps what it has
+
+    def _writable(self) -> bool:
+        return os.access(self._nearest_dir(), os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
+
+    def _nearest_dir(self) -> Path:
+        path = self.home
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        return path
+
+    def _uri(self, mode: str) -> str:
+        path = urllib.parse.quote(os.path.abspath(self.path))
+        return f"file:{path}?mode=ro&immutable=1" if mode == "immutable" else f"file:{path}?mode={mode}"
+
+    def _open(self) -> sqlite3.Connection:
+        # Never mode=rwc here: opening must not create an empty database where one vanished.
+        # A WAL database on a read-only file system opens only as immutable (no -shm can be made).
+        modes = ("ro", "immutable") if self.readonly else ("rw",)
+        for mode in modes:
+            db = None
+            try:
+                db = sqlite3.connect(self._uri(mode), uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                return db
+            except sqlite3.Error as e:
+                if db is not None:
+                    db.close()
+                if mode == modes[-1] or getattr(e, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
+                    raise self._explain(e) from None
+        raise AssertionError("unreachable")
+
+    def _explain(self, e: sqlite3.Error) -> Exception:
+        """A StoreError a person can act on, for the SQLite errors that have a cause outside OptLab."""
+        name = getattr(e, "sqlite_errorname", "") or ""
+        if not self.path.exists():
+            return self._missing()
+        if name.startswith("SQLITE_READONLY") or (name.startswith("SQLITE_CANTOPEN") and not self._writable()):
+            return StoreReadOnly(f"the store {self.path} is read-only ({self._nearest_dir()} cannot be written): "
+                                 "list, show and status work; to run, queue or cancel, use a writable OPTLAB_HOME")
+        if name.startswith("SQLITE_FULL"):
+            return StoreError(f"no space left on the disk of {self.home}: the store {self.path} cannot grow; "
+                              "free some space (old runs' folders under runs/ hold the weights and traces)")
+        if name.startswith("SQLITE_BUSY"):
+            return StoreError(f"the store {self.path} stayed locked for {BUSY_TIMEOUT_S} s by another process "
+                              "(a stopped or hung OptLab process?); try again")
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return StoreError(f"the store {self.path} is damaged ({e}); restore it from a backup")
+        if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR")):
+            return StoreError(f"cannot open the store {self.path}: {e}")
+        return e
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db = self._open()
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute("PRAGMA synchronous=NORMAL")
+        if not self.readonly:
+            db.execute("PRAGMA synchronous=NORMAL")
         try:
             yield db
+        except sqlite3.Error as e:
+            if db.in_transaction:
+                db.rollback()
+            error = self._explain(e)
+            if error is e:
+                raise
+            raise error from None
+        finally:
+            db.close()
+
+    def write_locked(self, timeout_s: float = 1.0) -> bool:
+        """Whether another process holds the store's write lock: no write can start within `timeout_s`."""
+        db = sqlite3.connect(self._uri("rw"), uri=True, timeout=timeout_s, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return False
+        except sqlite3.Error as e:
+            if getattr(e, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                return True
+            raise self._explain(e) from None
         finally:
             db.close()
 
     # -- runs ------------------------------------------------------------------------------------
     def submit(self, config: RunConfig, *, user: str = "", sweep_id: str | None = None,
                parent_id: int | None = None, label: str | None = None, status: str = "queued",
-               repeat_group: str | None = None, repeat_index: int | None = None) -> int:
-        """Queue one run. A config with repeats > 1 is queued as a group by optlab.repeats.submit."""
+               worker_pid: int | None = None, repeat_group: str | None = None,
+               repeat_index: int | None = None) -> int:
+        """Queue a run (or record one that starts now, status='running', in process `worker_pid`).
+        The config, the name and the label are checked first (ConfigError); the new id never
+        names a run folder that already exists. A config with repeats > 1 is queued as a group by
+        optlab.repeats.submit."""
+        config.validate()
         if status == "queued":   # the room's limits (optlab.fairuse): raises Refused with the reason
             from optlab.fairuse import admit
             admit(self, config, user)
+        check_name("name", user or "", USER_MAX)
+        if label is not None:
+            check_name("label", label, LABEL_MAX)
+        now = time.time()
+        row = (now, status, user or "", sweep_id, parent_id, label, config.to_json(), worker_pid,
+               now if status == "running" else None, now if worker_pid else None, repeat_group, repeat_index)
+        insert = ("INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config, worker_pid, "
+                  "started_at, heartbeat_at, repeat_group, repeat_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         with self.connect() as db:
-            cur = db.execute(
-                "INSERT INTO runs (created_at, status, user, sweep_id, parent_id, label, config, repeat_group, "
-                "repeat_index) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), status, user or "", sweep_id, parent_id, label, config.to_json(), repeat_group,
-                 repeat_index))
-            return int(cur.lastrowid)
+            db.execute("BEGIN IMMEDIATE")
+            run_id = int(db.execute(insert, row).lastrowid)
+            if self.artifacts_dir(run_id, create=False).exists():
+                # A folder left by a store that was lost: move the ids past every folder.
+                db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+                db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'runs'",
+                           (self._highest_folder_id(),))
+                run_id = int(db.execute(insert, row).lastrowid)
+            db.execute("COMMIT")
+        return run_id
 
     def get(self, run_id: int) -> Run | None:
         with self.connect() as db:
@@ -346,6 +530,15 @@ def _migrate(db: sqlite3.Connection) -> None:
                 if "duplicate column" not in str(e):
                     raise
     db.execute("CREATE INDEX IF NOT EXISTS runs_origin_key ON runs(origin_key)")
+
+
+def check_name(what: str, text: str, limit: int) -> None:
+    """A submitter's name or a run's label: plain text of at most `limit` characters."""
+    if not isinstance(text, str):
+        raise ConfigError(f"the {what} must be text, not {type(text).__name__}")
+    problem = text_problem(text, limit)
+    if problem:
+        raise ConfigError(f"the {what} {problem}")
 
 
 def _to_run(row: sqlite3.Row) -> Run:

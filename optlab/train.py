@@ -235,6 +235,6 @@ def train(model: nn.Module, train_batches, test_batches, *, epochs: int, label_s
     finally:
         if sync_debug:
             torch.cuda.set_sync_debug_mode(0)
-    profiler.close()
+        profiler.close()   # on every path: a profiler left running crashes the process at exit
     return TrainResult(steady, records, min(warmup_steps, total_steps), warmup_ms / 1000, profiled,
                        total_steps, cumulative)

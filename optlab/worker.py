@@ -8,7 +8,11 @@ when the run ends, so its GPU memory goes back to the driver.
 
 SIGTERM ends the run as cancelled when a cancel was asked for, otherwise as interrupted. When
 the scheduler that started it dies, the worker stops too (interrupted): a restarted scheduler
-must never find the GPU busy with a run that nobody watches.
+must never find the GPU busy with a run that nobody watches. When its store disappears, it
+stops too: nothing it measured could be kept.
+
+A foreground `python -m optlab run` is a Worker in the command's own process (`foreground=True`):
+it heartbeats, obeys a cancel and is watched by the scheduler like any worker.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
-from optlab.store import Store
+from optlab.store import Store, StoreError, StoreMissing
 
 TICK_S = 0.5            # heartbeat, cancel check and progress hand-off
 PROGRESS_EVERY_S = 0.9  # progress written about once a second (phase changes at once)
@@ -63,9 +68,16 @@ def _set_threads(cfg):
 
 
 class Worker:
-    def __init__(self, store: Store, run_id: int):
+    def __init__(self, store: Store, run_id: int, *, foreground: bool = False,
+                 on_progress: Callable[[dict], None] | None = None):
+        """`foreground`: the run belongs to a command in a terminal; its progress goes to
+        `on_progress` (a progress bar) and its messages to stderr, not to a worker log."""
         self.store, self.run_id = store, run_id
-        self.log_path = store.artifacts_dir(run_id) / "worker.log"
+        self.foreground, self.show_progress = foreground, on_progress
+        self.say = (lambda message: print(message, file=sys.stderr, flush=True)) if foreground else _say
+        # The folder is made when the run starts (runner.prepare_run_folder), where a full or
+        # read-only disk fails the run with the reason; the scheduler made it already for the log.
+        self.log_path = store.artifacts_dir(run_id, create=False) / "worker.log"
         self.cancel = threading.Event()
         self.stop_reason: str | None = None
         self.signalled = False
@@ -76,6 +88,7 @@ class Worker:
         self._last_phase: str | None = None
         self._last_line = 0.0
         self._done = threading.Event()
+        self._beat_trouble: str | None = None
 
     # -- taking the run ---------------------------------------------------------------------------
     def take(self) -> bool:
@@ -87,8 +100,8 @@ class Worker:
         if self.store.attach_worker(self.run_id, os.getpid()):
             return True
         run = self.store.get(self.run_id)
-        _say(f"run #{self.run_id} is {run.status}" + (f" with worker pid {run.worker_pid}" if run.worker_pid else "")
-             + "; nothing to do")
+        self.say(f"run #{self.run_id} is {run.status}" + (f" with worker pid {run.worker_pid}" if run.worker_pid else "")
+                 + "; nothing to do")
         return False
 
     # -- signals ---------------------------------------------------------------------------------------
@@ -99,16 +112,21 @@ class Worker:
                 if self.store.get(self.run_id).cancel_requested:
                     self.cancel.set()
             except Exception as e:
-                _say(f"could not read the cancel flag: {type(e).__name__}: {e}")
+                self.say(f"could not read the cancel flag: {type(e).__name__}: {e}")
         if not self.cancel.is_set() and self.stop_reason is None:
             self.stop_reason = "stopped by SIGTERM: the scheduler shut down, or someone terminated the worker"
-        _say("SIGTERM: " + ("cancelling" if self.cancel.is_set() else "stopping"))
+        self.say("SIGTERM: " + ("cancelling" if self.cancel.is_set() else "stopping"))
+        if self.unwinding and "optlab.profiling" in sys.modules and sys.modules["optlab.profiling"].recording():
+            return   # the training loop checks should_stop within half a second; never raise into the profiler
         if self.unwinding:
             self.unwinding = False   # raise once; let the unwinding itself finish
             if self.cancel.is_set() and "optlab.train" in sys.modules:
                 from optlab.train import RunCancelled
                 raise RunCancelled()
             raise Stopped(self.stop_reason or "cancelled on request")
+
+    def _should_stop(self) -> bool:
+        return self.cancel.is_set() or self.stop_reason is not None
 
     # -- the side thread ---------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -131,23 +149,35 @@ class Worker:
                             {k: progress.get(k) for k in ("step", "epoch", "loss", "images_per_s")}),
                             step=progress["step"])
                 tail_size = size
+                self._beat_trouble = None
                 if cancel and not self.cancel.is_set():
                     self.cancel.set()
-                    _say("cancel requested")
-            except Exception as e:  # a busy store must not stop the heartbeat
-                _say(f"heartbeat failed: {type(e).__name__}: {e}")
+                    self.say("cancel requested")
+            except StoreMissing as e:   # nothing this run measures could be kept: stop it
+                if self.stop_reason is None:
+                    self._stop_self(f"its store is gone ({e})")
+            except Exception as e:  # a busy store must not stop the heartbeat; say so once
+                message = f"heartbeat failed: {type(e).__name__}: {e}"
+                if message != self._beat_trouble:
+                    self._beat_trouble = message
+                    self.say(message)
             if self.parent and os.getppid() != self.parent and self.stop_reason is None:
                 self._orphaned()
             if self._done.wait(TICK_S):
                 return
 
     def _orphaned(self) -> None:
-        self.stop_reason = f"the scheduler that started it (pid {self.parent}) is gone"
-        _say(self.stop_reason)
+        self._stop_self(f"the scheduler that started it (pid {self.parent}) is gone")
+
+    def _stop_self(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.say(reason)
         os.kill(os.getpid(), signal.SIGTERM)
-        # If the run cannot unwind in time, end the whole group; a restarted scheduler then finds
-        # the pid gone and marks the run interrupted.
-        timer = threading.Timer(ORPHAN_HARD_EXIT_S, lambda: os.killpg(os.getpgrp(), signal.SIGKILL))
+        # If the run cannot unwind in time, end the whole group (a foreground run: only itself,
+        # its group is a person's shell job); a restarted scheduler then finds the pid gone.
+        end = ((lambda: os.kill(os.getpid(), signal.SIGKILL)) if self.foreground else
+               (lambda: os.killpg(os.getpgrp(), signal.SIGKILL)))
+        timer = threading.Timer(ORPHAN_HARD_EXIT_S, end)
         timer.daemon = True
         timer.start()
 
@@ -159,6 +189,9 @@ class Worker:
         if self.sampler is not None:
             last = state.get("epoch_done") and state.get("epoch") == state.get("epochs")
             self.sampler.phase = "after training" if last else phase
+        if self.show_progress is not None:
+            self.show_progress(state)
+            return
         now = time.monotonic()
         if phase != self._last_phase or state.get("epoch_done") or now - self._last_line >= 10:
             self._last_phase, self._last_line = phase, now
@@ -166,7 +199,8 @@ class Worker:
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> int:
-        _say(f"worker pid {os.getpid()} (group {os.getpgrp()}) runs #{self.run_id}; store {self.store.home}")
+        if not self.foreground:
+            _say(f"worker pid {os.getpid()} (group {os.getpgrp()}) runs #{self.run_id}; store {self.store.home}")
         beat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self.unwinding = True
         error: BaseException | None = None
@@ -179,7 +213,7 @@ class Worker:
             from optlab.runner import execute
             from optlab.telemetry import TelemetrySampler
             self.sampler = TelemetrySampler(self.store, self.run_id, _device_for(cfg.device)).start()
-            summary = execute(self.store, self.run_id, on_progress=self.on_progress, should_stop=self.cancel.is_set,
+            summary = execute(self.store, self.run_id, on_progress=self.on_progress, should_stop=self._should_stop,
                               threads=threads)
             self.unwinding = False
             if summary is not None:
@@ -187,21 +221,26 @@ class Worker:
         except BaseException as e:  # Stopped, or a crash outside the runner (which records its own)
             self.unwinding = False
             error = e
-            if not isinstance(e, Stopped):
+            if not isinstance(e, (Stopped, KeyboardInterrupt, StoreError)):
                 traceback.print_exc()
-        finally:
-            self.unwinding = False
-            if self.sampler is not None:
-                self.sampler.stop()
+        self.unwinding = False
+        if self.sampler is not None:
+            self.sampler.stop()
+        try:
             self._settle(error)
             run = self.store.get(self.run_id)
-            _say(f"run #{self.run_id} {run.status}" + (f": {run.error}" if run.error else ""))
+        except StoreError as e:   # gone or unwritable: nothing more can be recorded
             self._done.set()
-            beat.join(timeout=5)
-            try:
-                self.store.heartbeat(self.run_id, _finite(self._progress), log_tail(self.log_path))
-            except Exception:
-                pass
+            self.say(f"run #{self.run_id} could not be recorded: {e}")
+            return 2
+        if not self.foreground:
+            _say(f"run #{self.run_id} {run.status}" + (f": {run.error}" if run.error else ""))
+        self._done.set()
+        beat.join(timeout=5)
+        try:
+            self.store.heartbeat(self.run_id, _finite(self._progress), log_tail(self.log_path))
+        except Exception:
+            pass
         return 0 if run.status == "done" else 1
 
     def _settle(self, error: BaseException | None) -> None:
@@ -214,6 +253,8 @@ class Worker:
             status, why = "cancelled", "cancelled on request"
         elif self.stop_reason:
             status, why = "interrupted", self.stop_reason
+        elif run.status == "running" and isinstance(error, KeyboardInterrupt):
+            status, why = "cancelled", "interrupted from the keyboard"
         elif run.status == "running":
             status = "failed"
             why = f"{type(error).__name__}: {error}" if error else "the worker ended without finishing the run"
@@ -265,15 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
         print("usage: python -m optlab.worker RUN_ID", file=sys.stderr)
         return 2
-    store = Store()
     run_id = int(argv[0])
-    if store.get(run_id) is None:
-        print(f"no run #{run_id} in {store.home}", file=sys.stderr)
+    try:
+        store = Store(create=False)
+        if store.get(run_id) is None:
+            print(f"no run #{run_id} in {store.home}", file=sys.stderr)
+            return 2
+        worker = Worker(store, run_id)
+        signal.signal(signal.SIGTERM, worker.on_sigterm)
+        if not worker.take():
+            return 3
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    worker = Worker(store, run_id)
-    signal.signal(signal.SIGTERM, worker.on_sigterm)
-    if not worker.take():
-        return 3
     return worker.run()
 
 

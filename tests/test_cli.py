@@ -105,3 +105,81 @@ def test_show_marks_a_thin_throughput(cli_run):
     shown = optlab("show", str(result["id"]), home=home).stdout
     assert "95 % within-run interval" in shown
     assert ("THIN:" in shown) == (result["summary"]["throughput"]["quality"] == "thin")
+
+
+# -- a bad --config file is one line and exit code 2 ------------------------------------------------
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read the config file"),
+    ('{"seed": ', "not valid JSON"),
+    ("[1, 2, 3]", "JSON object"),
+    ('{"epochs": "two"}', "epochs must be a whole number"),
+    ('{"epochs": null}', "epochs must be a whole number, not null"),
+    ('{"channels_last": "yes"}', "channels_last must be true or false"),
+    ('{"data_path": 5}', "data_path must be text or null"),
+    ('{"seed": 1e23}', "seed must be a whole number"),
+    ('{"seed": 4294967296}', "seed must be 0..4294967295"),
+    (b"\xff\xfe{", "cannot read the config file"),
+])
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path, command, content, message):
+    path = tmp_path / "config.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    out = optlab(command, "--config", str(path), home=tmp_path / "home")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "home" / "optlab.db").exists() or Store(tmp_path / "home").list() == []
+
+
+# -- the store commands do not load torch ----------------------------------------------------------
+STORE_COMMANDS = """
+import sys
+from optlab.cli import main
+codes = [main(argv) for argv in (["submit", "--device", "cpu", "--user", "ada", "--label", "quick"],
+                                 ["list"], ["show", "1"], ["show", "1", "--json"], ["status", "1"],
+                                 ["status", "1", "--json"], ["cancel", "1"])]
+print(codes, "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_submit_list_show_status_and_cancel_do_not_import_torch(tmp_path):
+    env = dict(os.environ, OPTLAB_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", STORE_COMMANDS], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120)
+    assert out.stderr.splitlines()[-1] == "[0, 0, 0, 0, 0, 0, 0] False", out.stderr
+
+
+# -- text from the store reaches the terminal as text --------------------------------------------------
+def test_list_and_status_print_control_characters_as_escapes(tmp_path):
+    from conftest import tiny_config
+    store = Store(tmp_path)
+    rid = store.submit(tiny_config())
+    # a row written before names were checked, or by hand
+    store.update(rid, user="\x1b[2J\x1b[31mmallory", label="line\n   99  done  forged", error="bad\x07bell",
+                 log_tail="ok\n\x1b]0;title\x07")
+    for argv in (["list"], ["status", str(rid)], ["show", str(rid)]):
+        out = optlab(*argv, home=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout and "\x07" not in out.stdout
+    assert "\\x1b[2J" in optlab("list", home=tmp_path).stdout
+    status = optlab("status", str(rid), home=tmp_path).stdout
+    assert "line\\n   99  done  forged" in status and "\\x1b]0;title\\x07" in status
+
+
+def test_a_lost_store_is_one_line_until_a_person_creates_a_new_one(tmp_path):
+    from conftest import tiny_config
+    store = Store(tmp_path)
+    first = store.submit(tiny_config())
+    store.artifacts_dir(first)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"optlab.db{suffix}").unlink(missing_ok=True)
+    for argv in (["list"], ["status", str(first)], ["submit", "--device", "cpu"]):
+        out = optlab(*argv, home=tmp_path)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert "optlab.db is gone" in out.stderr and "python -m optlab init" in out.stderr
+    assert not (tmp_path / "optlab.db").exists()
+    assert optlab("init", home=tmp_path).returncode == 0
+    out = optlab("submit", "--device", "cpu", home=tmp_path)
+    assert out.returncode == 0 and int(out.stdout) == first + 1

@@ -76,3 +76,39 @@ def test_a_channel_pruned_model_is_rebuilt_from_plain_tensors(name):
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), pruned(x), atol=1e-5)
     assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in pruned.parameters())
+
+
+def _good_weights(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(build_model("speednet", 1, 10, 16).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random bytes", "zeroed middle"])
+def test_a_damaged_weights_file_is_called_damaged_and_never_suggests_unsafe_loading(tmp_path, damage):
+    path = _good_weights(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "random bytes": os.urandom(len(data)),
+                      "zeroed middle": data[:2000] + bytes(len(data) - 4000) + data[-2000:]}[damage])
+    with pytest.raises(CheckpointError) as e:
+        load_weights(path)
+    message = str(e.value)
+    assert "is damaged" in message and str(path) in message
+    assert "weights_only=False" not in message and "\x1b" not in message
+
+
+def test_a_failed_save_leaves_the_previous_weights_and_no_partial_file(tmp_path, monkeypatch):
+    from optlab.compress import checkpoint
+    model = build_model("speednet", 1, 10, 16)
+    path = checkpoint.save_weights(model, tmp_path / "model.pt")
+    before = path.read_bytes()
+    partial = tmp_path / ".model.pt.test.partial"
+    partial.touch()
+    # The temporary file's writes go to /dev/full, which answers each write with ENOSPC: the
+    # kernel's own full-disk error.
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp",
+                        lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(partial)))
+    with pytest.raises(OSError) as e:
+        checkpoint.save_weights(model, path)
+    assert e.value.errno == 28
+    assert path.read_bytes() == before and not partial.exists()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -85,3 +86,103 @@ def test_unknown_preset_lists_the_presets():
 def test_compression_steps_are_checked_against_the_device():
     with pytest.raises(ConfigError, match="2:4"):
         RunConfig(device="cpu", compress=[{"method": "prune_2to4"}]).validate(CPU)
+
+
+# -- every field's type, whatever the source ------------------------------------------------------
+@pytest.mark.parametrize("changes, field", [
+    ({"channels_last": "yes"}, "channels_last"),
+    ({"compile": 1}, "compile"),
+    ({"data_path": 5}, "data_path"),
+    ({"model": None}, "model"),
+    ({"epochs": True}, "epochs"),
+    ({"epochs": 2.0}, "epochs"),
+    ({"epochs": None}, "epochs"),
+    ({"seed": 1e23}, "seed"),
+    ({"lr": "0.1"}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"label_smoothing": float("inf")}, "label_smoothing"),
+    ({"batch_size": None}, "batch_size"),
+    ({"batch_size": 64.0}, "batch_size"),
+    ({"image_size": [32]}, "image_size"),
+    ({"compress": "prune"}, "compress"),
+    ({"compress": ["prune"]}, "compress"),
+    ({"data_path": "/data/\x1b[2Jcats"}, "data_path"),
+])
+def test_a_value_of_the_wrong_type_is_refused_from_json_and_before_a_run(changes, field):
+    data = {**RunConfig().to_dict(), **changes}
+    with pytest.raises(ConfigError, match=rf"\b{field}\b"):
+        RunConfig.from_dict(data)
+    with pytest.raises(ConfigError, match=rf"\b{field}\b"):
+        RunConfig(**changes).validate()
+
+
+def test_null_is_taken_only_where_the_annotation_allows_it():
+    RunConfig.from_dict({"lr": None, "image_size": None, "optimizer": None, "data_path": None}).validate()
+    with pytest.raises(ConfigError, match="precision must be text, not null"):
+        RunConfig.from_dict({"precision": None})
+
+
+def test_a_field_added_to_the_dataclass_is_checked_by_the_same_rules():
+    @dataclasses.dataclass
+    class WithRepeats(RunConfig):
+        repeats: int = 1
+
+    WithRepeats(repeats=3).check_types()
+    for bad in ("3", True, 3.0, None):
+        with pytest.raises(ConfigError, match="repeats must be a whole number"):
+            WithRepeats(repeats=bad).check_types()
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (2**32 - 1, True), (2**32, False), (-1, False), (10**30, False)])
+def test_the_seed_is_a_32_bit_whole_number(seed, ok):
+    cfg = RunConfig(seed=seed)
+    if ok:
+        cfg.validate()
+    else:
+        with pytest.raises(ConfigError, match="seed"):
+            cfg.validate()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "JSON object"),
+    ('"speednet"', "JSON object"),
+    ("null", "JSON object"),
+    ('{"seed": ', "not valid JSON"),
+    ("{'seed': 1}", "not valid JSON"),
+])
+def test_json_that_is_not_a_config_object_is_one_clear_error(text, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_json(text)
+
+
+def test_the_names_checked_without_torch_are_the_registries_names():
+    from optlab.config import DATASET_NAMES, MODEL_NAMES
+    from optlab.data import DATASETS
+    from optlab.models import MODELS
+    assert list(MODEL_NAMES) == MODELS.names()
+    assert list(DATASET_NAMES) == DATASETS.names()
+
+
+# -- what the data allows, checked before the run is queued ---------------------------------------
+def test_a_batch_larger_than_the_training_images_is_refused_at_submit_time():
+    with pytest.raises(ConfigError, match="batch size 512 is larger than the 256 training images"):
+        RunConfig(limit_train=256, batch_size=512).validate()
+    with pytest.raises(ConfigError, match="larger than fashion-mnist's 60000"):
+        RunConfig(limit_train=70000).validate()
+    with pytest.raises(ConfigError, match="batch size 9000 is larger than the 8192"):
+        RunConfig(dataset="synthetic", batch_size=9000).validate()
+    RunConfig(limit_train=256, batch_size=256).validate()
+    RunConfig(batch_size="auto", limit_train=16).validate()
+
+
+def test_an_image_folder_without_a_path_or_outside_the_roots_is_refused_at_submit_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTLAB_IMAGE_ROOTS", str(tmp_path / "allowed"))
+    (tmp_path / "allowed" / "cats").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ConfigError, match="needs a folder"):
+        RunConfig(dataset="imagefolder").validate()
+    with pytest.raises(ConfigError, match="outside the folders this server allows"):
+        RunConfig(dataset="imagefolder", data_path=str(tmp_path / "elsewhere")).validate()
+    with pytest.raises(ConfigError, match="outside the folders"):   # a way out through ".."
+        RunConfig(dataset="imagefolder", data_path=str(tmp_path / "allowed" / ".." / "elsewhere")).validate()
+    RunConfig(dataset="imagefolder", data_path=str(tmp_path / "allowed")).validate()

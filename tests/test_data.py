@@ -94,6 +94,32 @@ def test_imagefolder_loads_resized_rgb_with_a_split(tmp_path, monkeypatch):
     assert (red[:, 0] == 255).all() and (red[:, 2] == 0).all()
 
 
+def test_imagefolder_refuses_a_class_folder_that_links_outside_the_roots(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "allowed" / "imgs")
+    _image_folder(tmp_path / "secret")
+    (tmp_path / "allowed" / "imgs" / "class2").symlink_to(tmp_path / "secret" / "class0", target_is_directory=True)
+    monkeypatch.setenv("OPTLAB_IMAGE_ROOTS", str(tmp_path / "allowed"))
+    with pytest.raises(DataError, match="class folder .*class2 links to a place outside"):
+        load_dataset(RunConfig(dataset="imagefolder", data_path=str(tmp_path / "allowed" / "imgs")))
+
+
+def test_imagefolder_refuses_an_image_file_that_links_outside_the_roots(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "allowed" / "imgs")
+    _image_folder(tmp_path / "secret")
+    (tmp_path / "allowed" / "imgs" / "class1" / "9.png").symlink_to(tmp_path / "secret" / "class0" / "0.png")
+    monkeypatch.setenv("OPTLAB_IMAGE_ROOTS", str(tmp_path / "allowed"))
+    with pytest.raises(DataError, match=r"image .*9\.png links to a place outside"):
+        load_dataset(RunConfig(dataset="imagefolder", data_path=str(tmp_path / "allowed" / "imgs")))
+
+
+def test_imagefolder_follows_links_that_stay_inside_the_roots(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "allowed" / "imgs")
+    (tmp_path / "allowed" / "imgs" / "class1" / "9.png").symlink_to(tmp_path / "allowed" / "imgs" / "class0" / "0.png")
+    monkeypatch.setenv("OPTLAB_IMAGE_ROOTS", str(tmp_path / "allowed"))
+    ds = load_dataset(RunConfig(dataset="imagefolder", data_path=str(tmp_path / "allowed" / "imgs"), image_size=8))
+    assert len(ds.train_y) + len(ds.test_y) == 11
+
+
 def test_synthetic_data_says_accuracy_does_not_apply():
     ds = DATASETS.get("synthetic")(RunConfig(dataset="synthetic", limit_train=64, limit_test=16, image_size=32))
     assert not ds.accuracy_applies

@@ -283,3 +283,40 @@ def test_the_profiled_window_stays_inside_one_epoch(steps_per_epoch, epochs, exp
     assert first == expected
     if first is not None:
         assert first // steps_per_epoch == (first + PROFILE_WINDOW_STEPS - 1) // steps_per_epoch
+
+
+# -- a cancel inside the profiled window ------------------------------------------------------------
+CANCEL_IN_WINDOW = """
+import sys, torch
+from pathlib import Path
+from optlab import profiling
+from optlab.models import build_model
+from optlab.train import RunCancelled, setup_optimizer, setup_precision, train
+
+device = torch.device("cpu")
+model = build_model("speednet", 1, 10, 28)
+g = torch.Generator().manual_seed(0)
+batches = [(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(12)]
+optimizer, scheduler = setup_optimizer(model, "sgd", 0.1, 0.0, 16, 12, 0.1)
+window = profiling.ProfileWindow(Path(sys.argv[1]), device, first_step=3)
+checks = []
+def should_stop():   # asked after every step (report_every_s=0): the cancel lands inside the window
+    checks.append(1)
+    return len(checks) >= 5
+try:
+    train(model, batches, batches[:1], epochs=1, label_smoothing=0.0, optimizer=optimizer, scheduler=scheduler,
+          precision=setup_precision("fp32", device), device=device, warmup_steps=2, profiler=window,
+          should_stop=should_stop, report_every_s=0.0)
+except RunCancelled:
+    print("cancelled", window.open, profiling.recording(), torch.autograd.profiler._is_profiler_enabled)
+"""
+
+
+def test_a_cancel_inside_the_profiled_window_closes_the_profiler_and_the_process_exits_cleanly(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", CANCEL_IN_WINDOW, str(tmp_path / "tb")], capture_output=True,
+                         text=True, timeout=120)
+    # A profiler left running made the interpreter die with SIGSEGV (-11) at exit.
+    assert out.returncode == 0, (out.returncode, out.stderr[-1500:])
+    assert out.stdout.split() == ["cancelled", "False", "False", "False"]

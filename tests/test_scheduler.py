@@ -15,6 +15,7 @@ import pytest
 
 from conftest import tiny_config
 from optlab.scheduler import Scheduler, SchedulerBusy, cancel, claim_next, default_slots, describe_exit
+from optlab.store import StoreMissing
 
 TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=1, profile=False)
 LONG = dict(limit_train=4096, limit_test=128, batch_size=64, epochs=3, profile=False)  # a minute on the CPU
@@ -135,18 +136,20 @@ def test_a_second_scheduler_on_the_same_home_hands_out_nothing_and_says_so(store
     second.stop()
 
 
-def test_restart_marks_runs_of_dead_workers_interrupted(store, schedulers):
+def test_restart_marks_runs_of_dead_workers_interrupted_and_adopts_live_ones(store, schedulers):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run_id = store.submit(tiny_config())
     assert store.claim(run_id, worker_pid=dead.pid)
-    in_process = store.submit(tiny_config(), status="running")   # `optlab run`: no worker, not ours
+    live = store.submit(tiny_config(), status="running", worker_pid=os.getpid())   # a foreground `optlab run`
+    unknown = store.submit(tiny_config(), status="running")    # written by an OptLab without heartbeats
     scheduler = Scheduler(store)
     schedulers.append(scheduler)
     scheduler.tick()
     run = store.get(run_id)
     assert run.status == "interrupted" and f"pid {dead.pid}) was gone" in run.error
-    assert store.get(in_process).status == "running"
+    assert store.get(live).status == "running" and live in scheduler.jobs
+    assert store.get(unknown).status == "interrupted" and "no process was recorded" in store.get(unknown).error
 
 
 # -- real workers ------------------------------------------------------------------------------------
@@ -267,3 +270,133 @@ def test_queue_command_refuses_when_another_scheduler_holds_the_store(store, sch
     holder.tick()
     assert run_cli("queue", "--exit-when-idle") == 1
     assert "another scheduler" in capsys.readouterr().err
+
+
+# -- faults: stopped processes, the lock, a vanished store, foreground runs ----------------------------
+def attached(store, run_id):
+    """The run once its worker has taken it and started beating (before torch has loaded)."""
+    run = store.get(run_id)
+    return run if run.worker_pid and (run.progress or {}).get("phase") else None
+
+
+def test_a_started_worker_that_stops_beating_is_ended_and_its_run_failed_with_the_reason(store, schedulers):
+    run_id = store.submit(tiny_config(**LONG))
+    scheduler = Scheduler(store, poll_s=0.2, stale_s=10).start()
+    schedulers.append(scheduler)
+    run = wait_for(lambda: attached(store, run_id), 60, "the worker to start beating")
+    os.kill(run.worker_pid, signal.SIGSTOP)
+    run = wait_for(lambda: (r := store.get(run_id)).finished and r, 30, "the stopped worker's run to end")
+    assert run.status == "failed" and f"pid {run.worker_pid}) sent no heartbeat" in run.error
+    assert "stopped" in run.error
+    wait_for(lambda: pid_gone(run.worker_pid), 10, "the stopped worker to be gone")
+    wait_for(lambda: not scheduler.jobs, 5, "the scheduler to free the slot")
+
+
+HOLD_THE_LOCK = """
+import os, signal, sqlite3, sys
+from optlab.store import Store
+store = Store()
+run_id = int(sys.argv[1])
+assert store.claim(run_id, worker_pid=os.getpid())     # takes its run like a worker
+db = sqlite3.connect(str(store.path), isolation_level=None)
+db.execute("BEGIN IMMEDIATE")                           # ... and is stopped in the middle of a write
+db.execute("UPDATE runs SET progress = '{}' WHERE id = ?", (run_id,))
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_a_process_stopped_holding_the_store_lock_is_ended_so_submit_and_cancel_go_on(store, schedulers):
+    stuck = store.submit(tiny_config())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(stuck)], stdout=subprocess.PIPE, text=True,
+                              env=os.environ)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        wait_for(lambda: open(f"/proc/{holder.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", 10,
+                 "the holder to stop")
+        scheduler = Scheduler(store, poll_s=0.2, stale_s=60).start()
+        schedulers.append(scheduler)
+        started = time.monotonic()
+        other = store.submit(tiny_config())                  # waits for the lock, does not fail
+        waited = time.monotonic() - started
+        assert cancel(store, other) == "cancelled"
+        assert waited < 20, f"submit waited {waited:.0f} s"
+        run = wait_for(lambda: (r := store.get(stuck)).finished and r, 10, "the stuck run to end")
+        assert run.status == "failed" and f"pid {holder.pid}" in run.error and "store locked" in run.error
+        wait_for(lambda: pid_gone(holder.pid), 10, "the holder to be gone")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_scheduler_in(store, schedulers):
+    first, second = Scheduler(store), Scheduler(store)
+    schedulers.extend([first, second])
+    first.tick()
+    assert first.active
+    (store.home / "scheduler.lock").unlink()
+    second.tick()
+    assert not second.active and "another scheduler" in second.message
+    first.stop()
+    second.tick()
+    assert second.active
+
+
+def test_a_store_deleted_under_the_scheduler_is_said_once_and_never_recreated(store, schedulers, caplog):
+    store.submit(tiny_config(), status="cancelled")
+    scheduler = Scheduler(store, poll_s=0.05)
+    schedulers.append(scheduler)
+    scheduler.tick()
+    for suffix in ("", "-wal", "-shm"):
+        (store.home / f"optlab.db{suffix}").unlink(missing_ok=True)
+    caplog.clear()
+    for _ in range(10):
+        scheduler.tick()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and not errors[0].exc_info and str(store.path) in errors[0].getMessage()
+    assert str(store.path) in scheduler.message and not store.path.exists()
+    with pytest.raises(StoreMissing):
+        scheduler.run_until_idle(timeout_s=1)
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def test_a_foreground_run_whose_process_dies_is_failed_by_the_running_scheduler(store, schedulers):
+    scheduler = Scheduler(store, poll_s=0.2)
+    schedulers.append(scheduler)
+    scheduler.tick()
+    pid = dead_pid()
+    run_id = store.submit(tiny_config(), status="running", worker_pid=pid)   # its `optlab run` was killed
+    scheduler.tick()
+    run = store.get(run_id)
+    assert run.status == "failed" and f"its process (pid {pid}) was gone" in run.error
+
+
+def test_cancelling_a_run_whose_process_is_gone_cancels_it_at_once(store, capsys):
+    pid = dead_pid()
+    run_id = store.submit(tiny_config(), status="running", worker_pid=pid)
+    assert run_cli("cancel", str(run_id)) == 0
+    assert f"run #{run_id} cancelled" in capsys.readouterr().out
+    run = store.get(run_id)
+    assert run.status == "cancelled" and f"pid {pid}) was gone" in run.error
+    store.delete(run_id)   # a finished run can be deleted
+    assert store.get(run_id) is None
+
+
+def test_a_foreground_run_heartbeats_and_stops_when_cancelled(store):
+    argv = [sys.executable, "-m", "optlab", "run", *CLI_RUN[:-1], "--limit-train", "4096", "--epochs", "3"]
+    foreground = subprocess.Popen(argv, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run = wait_for(lambda: (runs := store.list()) and training(store, runs[0].id), 90, "training to start")
+        assert run.worker_pid == foreground.pid and time.time() - run.heartbeat_at < 3
+        assert cancel(store, run.id) == "cancelled"
+        out, err = foreground.communicate(timeout=60)
+    finally:
+        foreground.kill()
+    assert foreground.returncode == 1 and "Traceback" not in err, err[-2000:]
+    run = store.get(run.id)
+    assert run.status == "cancelled" and run.error == "cancelled on request"

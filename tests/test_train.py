@@ -104,3 +104,54 @@ def test_tf32_is_set_for_every_backend_and_stays_readable(precision):
     assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
     assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cudnn.rnn.fp32_precision
     assert (torch.backends.cuda.matmul.fp32_precision == "tf32") is tf32
+
+
+# -- the disk: the run's folder before the work, the weights whole or not at all ----------------------
+def optlab_in_namespace(home, setup: str, *argv):
+    """`python -m optlab ARGV` in a private mount namespace after the shell commands `setup`
+    (mounts that only this process sees); the files then under OPTLAB_HOME/runs are listed
+    on the last line of stderr."""
+    import os
+    import subprocess
+    import sys
+    script = (f'set -e; {setup}; set +e; "$0" -m optlab "$@"; rc=$?; '
+              f'echo "files:" $(cd "{home}/runs" && find . -type f | sort) >&2; exit $rc')
+    return subprocess.run(["unshare", "-m", "bash", "-c", script, sys.executable, *argv], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OPTLAB_HOME=str(home)))
+
+
+@pytest.fixture
+def mounts(isolated_home):
+    import subprocess
+    probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", "/mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a file system here: {probe.stderr.strip()}")
+    from optlab.store import Store
+    store = Store()
+    (store.home / "runs").mkdir()
+    return store
+
+
+RUN = ["run", "--device", "cpu", "--limit-train", "256", "--limit-test", "128", "--batch-size", "64", "--epochs", "1",
+       "--workers", "0", "--no-profile", "--json"]
+
+
+def test_a_full_disk_fails_the_run_with_that_reason_and_leaves_no_truncated_weights(mounts):
+    # The run folders live on a 1 MiB file system: run.json fits, the 4.5 MB of weights do not.
+    runs = mounts.home / "runs"
+    out = optlab_in_namespace(mounts.home, f'mount -t tmpfs -o size=1m tmpfs "{runs}"', *RUN)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (run,) = mounts.list()
+    assert run.status == "failed" and run.error.startswith("no space left on the device writing"), run.error
+    assert f"runs/{run.id}/model.pt" in run.error
+    assert out.stderr.splitlines()[-1] == f"files: ./{run.id}/run.json"   # no model.pt, whole or partial
+
+
+def test_a_run_folder_that_cannot_be_written_fails_the_run_before_training(mounts):
+    runs = mounts.home / "runs"
+    out = optlab_in_namespace(mounts.home, f'mount --bind -o ro "{runs}" "{runs}"', *RUN)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (run,) = mounts.list()
+    assert run.status == "failed" and run.error.startswith("the file system is read-only writing"), run.error
+    assert not (run.summary or {}).get("steps") and mounts.metrics(run.id, "epoch") == []

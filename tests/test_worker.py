@@ -51,3 +51,13 @@ def test_log_tail_keeps_the_last_lines(tmp_path):
     tail = log_tail(log, lines=3)
     assert tail.splitlines() == ["line 997", "line 998", "line 999"]
     assert log_tail(tmp_path / "missing.log") is None
+
+
+def test_a_worker_whose_store_is_gone_says_so_in_one_line(store):
+    run_id = store.submit(tiny_config())
+    for suffix in ("", "-wal", "-shm"):
+        (store.home / f"optlab.db{suffix}").unlink(missing_ok=True)
+    result = worker(run_id)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "optlab.db is gone" in result.stderr
+    assert not store.path.exists()

@@ -9,18 +9,26 @@
 """
 from __future__ import annotations
 
-from optlab.compress.base import METHODS, CompressionRefused, Variant
-
-# Importing the method modules registers their methods.
-from optlab.compress import prune, quantize, distill, export  # noqa: E402,F401  (registration)
-from optlab.compress.recipe import run_steps  # noqa: E402
-
 __all__ = ["METHODS", "CompressionRefused", "Variant", "available_methods", "run_steps", "validate_steps"]
+
+
+def __getattr__(name: str):
+    # The methods import torch (seconds), so they load when first asked for: the command line's
+    # compression flags (optlab.compress.cli) are parsed without them. Reading METHODS
+    # imports every method module (base.METHODS registers them on first read).
+    if name in ("METHODS", "CompressionRefused", "Variant"):
+        from optlab.compress import base
+        return getattr(base, name)
+    if name == "run_steps":
+        from optlab.compress.recipe import run_steps
+        return run_steps
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_steps(steps: list[dict], device_info=None) -> list[str]:
     """Messages for steps that name no registered method or carry bad settings; with
     `device_info` (optlab.device.DeviceInfo), also for methods that cannot run on that device."""
+    from optlab.compress.base import METHODS
     errors = []
     for step in steps:
         name = step.get("method")
@@ -35,4 +43,5 @@ def validate_steps(steps: list[dict], device_info=None) -> list[str]:
 
 def available_methods(device_info=None) -> dict[str, str | None]:
     """Every method with why it cannot run here (None when it can): what a form should offer."""
+    from optlab.compress.base import METHODS
     return {name: m.unavailable(device_info) for name, m in METHODS.items()}

@@ -16,7 +16,13 @@ from torch import nn
 
 from optlab.registry import Registry
 
-METHODS: Registry["Method"] = Registry("compression method")
+def _register_methods() -> None:
+    import importlib
+    for module in ("prune", "quantize", "distill", "export", "recipe"):
+        importlib.import_module(f"optlab.compress.{module}")
+
+
+METHODS: Registry["Method"] = Registry("compression method", load=_register_methods)
 
 
 class CompressionRefused(RuntimeError):

@@ -1,8 +1,14 @@
 """Saving and loading weights. Loading never unpickles code: `torch.load(weights_only=True)` only,
-and a file that holds Python objects beyond tensors and plain containers is refused."""
+and a file that holds Python objects beyond tensors and plain containers is refused. A file that
+is not whole (truncated, empty, overwritten) is called damaged; OptLab never suggests loading
+anything with weights_only=False. Saving writes a temporary file and renames it, so a full disk
+or a crash never leaves a truncated file under the real name."""
 from __future__ import annotations
 
-import pickle
+import os
+import re
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -17,10 +23,46 @@ class CheckpointError(RuntimeError):
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
-    """The module's state dict at `path` (folders created); returns the path."""
+    """The module's state dict at `path` (folders created); returns the path. Written to a
+    temporary file in the same folder, flushed to disk, then renamed over `path`: an error (a
+    full disk raises OSError ENOSPC) leaves no file, or the previous one, under the name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(model.state_dict(), f)   # to a file object, so that write errors are Python's OSError
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        os_error = _os_error(e) if isinstance(e, Exception) else None
+        if os_error is not None and os_error is not e:   # torch wraps it in RuntimeError; say it plainly
+            raise OSError(os_error.errno, os_error.strerror, str(path)) from e
+        if os_error is not None and not os_error.filename:
+            os_error.filename = str(path)   # write errors do not name the file
+        raise
     return path
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind `e` (itself, or its cause or context), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+    return path
+
+
+# torch names the class or function a weights_only load refused in this phrase
+_REFUSED_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+)")
 
 
 def load_weights(path: str | Path) -> dict:
@@ -30,15 +72,34 @@ def load_weights(path: str | Path) -> dict:
         raise CheckpointError(f"no weights at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled Python objects, not only tensors ({first}). "
-            "OptLab reads weights with torch.load(weights_only=True) so a file cannot run code; "
-            "save weights with torch.save(model.state_dict(), path)") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read the weights at {path}: {e.strerror or e}") from None
+    except Exception as e:   # torch's messages suggest weights_only=False: never pass them on
+        refused = _REFUSED_GLOBAL.search(str(e))
+        if refused and _looks_like_weights(path):
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled Python objects, not only tensors (it needs "
+                f"{refused.group(1)}). OptLab reads weights with torch.load(weights_only=True) so a file "
+                "cannot run code; save weights with torch.save(model.state_dict(), path)") from None
+        raise CheckpointError(_damaged(path)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     return state
+
+
+def _looks_like_weights(path: Path) -> bool:
+    """torch.save's format: a zip archive, or (before PyTorch 1.6) a pickle stream (PROTO opcode)."""
+    with open(path, "rb") as f:
+        return zipfile.is_zipfile(f) or f.read(1) == b"\x80"
+
+
+def _damaged(path: Path) -> str:
+    size = path.stat().st_size
+    what = ("it is empty" if size == 0 else
+            "it is not a PyTorch weights file (or is truncated)" if not zipfile.is_zipfile(path) else
+            "its contents are incomplete or corrupt")
+    return (f"the weights file {path} is damaged: {what} ({size:,} bytes); run the training again to "
+            "write it anew")
 
 
 def fit_to_state_dict(model: nn.Module, state: dict) -> nn.Module:
