@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _room
-from optlab import bundle, charts, naming, repeats, report, views
+from optlab import bundle, caveats, charts, naming, repeats, report, views
 from optlab.cli import summary_rows
 from optlab.compress import METHODS, available_methods
 from optlab.compress.background import CompressBusy, busy_reason, start
@@ -208,6 +208,9 @@ def run_panel(run_id: int):
             st.warning(f"**Thin measurement**: {views.md_escape(quality[len('thin: '):])}. Treat the training "
                        "speed as a rough figure; more training images or epochs give more steady steps.",
                        icon=":material/warning:")
+        for caveat in caveats.measurement_warnings(current.summary):
+            if not caveat.startswith("thin"):      # thin has its own warning above
+                st.warning(views.md_text(caveat), icon=":material/warning:")
         if current.repeat_group:
             group_panel(current)
     # The loss curve from the worker's progress history stays after the run ends; runs trained in
