@@ -36,8 +36,9 @@ def trained_home(tmp_path_factory):
         quick_bench, {"method": "prune_unstructured", "sparsity": 0.5, "finetune_steps": 1}]), user="grace"))
     for run_id in ids:
         execute(store, run_id)
-    # more images per step than the 16 training images: fails at set-up with a reason
-    ids.append(store.submit(base.replace(limit_train=16), user="grace"))
+    # a data set that is not on this machine (and downloads are off): passes the checks at submit
+    # time, fails at set-up with the reason
+    ids.append(store.submit(base.replace(dataset="mnist"), user="grace"))
     execute(store, ids[-1])
     assert [store.get(i).status for i in ids] == ["done", "done", "done", "failed"]
     return home
@@ -283,7 +284,7 @@ def test_runs_page_shows_history_figures_and_charts(app, trained_home):
     assert history["images/s"].iloc[1] > 0 and history["status"].iloc[0].endswith("failed")
     assert at.subheader[0].value == "History · 4 runs"
     # grace's newest run (the failed one) is opened: its reason is on the page, and in the address
-    assert any("larger than the 16 training images" in e.value for e in at.error)
+    assert any("mnist was not found" in e.value for e in at.error)
     assert at.query_params["run"] == "4"
     at.selectbox(key="runs_selected").set_value(1).run()
     no_errors(at)
@@ -322,7 +323,7 @@ def test_a_link_opens_that_run(app, trained_home):
     ("runs", {"run": "999"}, "There is no run 999 in this store"),
     ("runs", {"run": "abc"}, "There is no run abc in this store"),
     ("profile", {"run": "999"}, "There is no run 999 in this store"),
-    ("profile", {"run": "4"}, "Run #4 has no profile: it failed: batch size 32 is larger than the 16 training"),
+    ("profile", {"run": "4"}, "Run #4 has no profile: it failed: mnist was not found"),
     ("compare", {"sweep": "nope"}, "There is no sweep nope in this store"),
 ])
 def test_a_link_to_something_missing_says_so_and_shows_nothing_else(app, trained_home, page, link, message):
