@@ -110,8 +110,8 @@ def test_lab_form_queues_a_run_with_the_chosen_values(app, store):
     ("text_input", "batch_size", "lots", "batch size must be a whole number or 'auto'"),
     ("text_input", "limit_train", "many", "Training images must be a whole number, or empty for all"),
     ("number_input", "epochs", 0, "epochs must be 1..1000"),
-    ("text_input", "limit_train", "100000", "Training images 100,000 is more than fashion-mnist's 60,000"),
-    ("text_input", "batch_size", "5000", "batch size 5,000 is larger than the 4,096 training images"),
+    ("text_input", "limit_train", "100000", "train limit 100000 is larger than fashion-mnist's 60000 training images"),
+    ("text_input", "batch_size", "5000", "batch size 5000 is larger than the 4096 training images"),
 ])
 def test_a_bad_value_is_named_before_launch_and_launch_queues_nothing(app, store, widget, name, value, message):
     at = app()
