@@ -299,7 +299,7 @@ def test_history_names_runs_by_what_differs_from_their_neighbours(app, trained_h
     at.switch_page("app_pages/runs.py").run()
     names = list(at.dataframe[0].value["name"])
     # each name adds what it changed from the default where it differs from the runs next to it
-    assert names == ["speednet fp32 bs=32 · 16 images", "speednet fp32 bs=64 · 1 epoch · 128 images · pruned 50%",
+    assert names == ["speednet fp32 bs=32 · mnist", "speednet fp32 bs=64 · 1 epoch · 128 images · pruned 50%",
                      "speednet bf16 bs=32", "speednet fp32 bs=32"]
 
 
