@@ -424,12 +424,29 @@ def _load_command_modules() -> None:
                 raise
 
 
+# Errors a person can cause, by module: a command can raise one only once its module is loaded,
+# so they are looked up then (importing optlab.data to name DataError would load torch).
+USER_ERRORS = {"optlab.config": "ConfigError", "optlab.store": "StoreError", "optlab.data": "DataError",
+               "optlab.compress.checkpoint": "CheckpointError", "optlab.compress.base": "CompressionRefused",
+               "optlab.tensorboard": "TensorBoardError"}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    found = [RunNotFound]
+    for module, name in USER_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from optlab.store import StoreError
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, RunNotFound, StoreError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise   # a bug: its traceback is what a report needs
         print(f"error: {safe(e.args[0] if e.args else e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

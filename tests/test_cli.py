@@ -183,3 +183,14 @@ def test_a_lost_store_is_one_line_until_a_person_creates_a_new_one(tmp_path):
     assert optlab("init", home=tmp_path).returncode == 0
     out = optlab("submit", "--device", "cpu", home=tmp_path)
     assert out.returncode == 0 and int(out.stdout) == first + 1
+
+
+def test_compress_of_a_run_whose_data_set_is_not_here_is_one_line(store, monkeypatch, capsys):
+    from conftest import tiny_config
+    from optlab.cli import main
+    monkeypatch.setenv("OPTLAB_DATA", str(store.home / "no-data"))
+    rid = store.submit(tiny_config(dataset="mnist"))   # MNIST is not installed and is not downloaded here
+    store.finish(rid, "done", summary={"weights_path": str(store.artifacts_dir(rid) / "model.pt")})
+    assert main(["compress", str(rid), "--quantize", "dynamic", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mnist was not found") and err.count("\n") == 1

@@ -106,9 +106,18 @@ def test_a_failed_save_leaves_the_previous_weights_and_no_partial_file(tmp_path,
     partial.touch()
     # The temporary file's writes go to /dev/full, which answers each write with ENOSPC: the
     # kernel's own full-disk error.
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp",
-                        lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(partial)))
+    monkeypatch.setattr(checkpoint, "_new_partial_file", lambda path: (os.open("/dev/full", os.O_WRONLY), str(partial)))
     with pytest.raises(OSError) as e:
         checkpoint.save_weights(model, path)
     assert e.value.errno == 28
     assert path.read_bytes() == before and not partial.exists()
+
+
+def test_saved_weights_get_the_usual_file_mode(tmp_path):
+    from optlab.compress import checkpoint
+    mask = os.umask(0o022)
+    try:
+        path = checkpoint.save_weights(build_model("speednet", 1, 10, 16), tmp_path / "model.pt")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644 and [p.name for p in tmp_path.iterdir()] == ["model.pt"]

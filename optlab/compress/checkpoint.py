@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -28,7 +28,7 @@ def save_weights(model: nn.Module, path: Path) -> Path:
     full disk raises OSError ENOSPC) leaves no file, or the previous one, under the name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    fd, tmp = _new_partial_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(model.state_dict(), f)   # to a file object, so that write errors are Python's OSError
@@ -47,6 +47,16 @@ def save_weights(model: nn.Module, path: Path) -> Path:
             os_error.filename = str(path)   # write errors do not name the file
         raise
     return path
+
+
+def _new_partial_file(path: Path) -> tuple[int, str]:
+    """A new, empty file beside `path` (its mode from the umask, like any file the run writes)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def _os_error(e: BaseException | None) -> OSError | None:
