@@ -19,7 +19,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 # Each would change the page if it ever ran: a window variable and the document's title.
 HOSTILE_LABEL = '<script>window.__xss = "label"; document.title = "pwned"</script>'
-HOSTILE_USER = '<img src=x onerror="window.__xss = \'user\'; document.title = \'pwned\'">'
+HOSTILE_USER = '<img src=x onerror="window.__xss=\'user\';document.title=\'pwned\'">'  # within 64 chars
 QUICK_BENCH = {"method": "benchmark", "repeats": 3, "warmup": 1, "throughput_batch": 16, "throughput_repeats": 1,
                "batch_sizes": [1, 16]}
 
