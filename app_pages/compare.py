@@ -6,8 +6,7 @@ import streamlit as st
 from optlab import charts, views
 from optlab.store import Store
 
-OUTCOMES = [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "accuracy (%)"),
-            ("peak_memory_mb", "peak memory (MB)")]
+OUTCOMES = [("train_images_per_s", "images/s"), ("test_accuracy", "accuracy %"), ("peak_memory_mb", "peak MB")]
 DEFAULT_COUNT = 6
 
 REFRESH_S = 2
@@ -122,15 +121,15 @@ else:
 
         # -- the charts ---------------------------------------------------------------------------
         st.plotly_chart(charts.pareto_scatter(rows), theme=None, key="pareto")
-        left, right = st.columns(2)
-        left.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
-        right.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
+        # one above the other: side by side, a column is too narrow for the runs' names at 1024 px
+        st.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
+        st.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
         curves = views.epoch_curves(store, [r.id for r in selected])
         targets = {r.config.get("target_accuracy") for r in selected}
         st.plotly_chart(charts.accuracy_curves(
             [{"label": label_of[r.id], "device_label": views.device_label(r), "epochs": curves[r.id]}
              for r in selected], target=targets.pop() if len(targets) == 1 else None), theme=None, key="curves")
-        knobs = views.varying_knobs(selected)
+        knobs = [k for k in views.varying_knobs(selected) if k != "compress"]   # compression follows training
         if knobs:
             st.plotly_chart(charts.parallel_knobs(rows, [(f"knob:{k}", k) for k in knobs], OUTCOMES),
                             theme=None, key="parallel")
@@ -142,8 +141,9 @@ else:
             from optlab.variant_charts import variants_figure
             st.subheader("Compressed variants")
             for r in with_variants:
-                st.plotly_chart(variants_figure(r.summary["variants"], title=f"{label_of[r.id]}: variants, "
-                                                "accuracy vs latency"), theme=None, key=f"variants_{r.id}")
+                st.caption(f"Run {views.md_text(label_of[r.id])}")
+                st.plotly_chart(variants_figure(r.summary["variants"], title=f"Variants of #{r.id}: accuracy vs latency"),
+                                theme=None, key=f"variants_{r.id}")
 
         # -- the figures as a table ---------------------------------------------------------------
         st.subheader("Figures")

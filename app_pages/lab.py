@@ -13,6 +13,8 @@ from optlab.store import Store
 from optlab.sweeps import MAX_RUNS, SWEEPABLE, expand, parse_values, submit_sweep
 
 NO_KNOB = "—"
+GROUP_WIDTH = 185   # px: the widest label of a group ("Largest automatic batch") on one line
+GAP = 16            # px: Streamlit's "small" gap (1rem)
 
 store = Store()
 info = st.session_state["device_info"]
@@ -152,9 +154,14 @@ def widget(name: str):
 # No st.form: a form's widgets lose values set before the form was first submitted whenever a
 # widget outside it (the sidebar's name) reruns the app.
 with st.container(border=True):
+    # Each group a fixed-width box, in pairs, in a row that wraps: four side by side from 1280 px
+    # wide windows, two rows of two at 1024 px with the sidebar open, never a column too narrow for
+    # its labels and options.
     groups = [g for g in views.GROUPS if g != "Compression"]
-    for column, group in zip(st.columns(len(groups), gap="medium"), groups):
-        with column:
+    row = st.container(horizontal=True, gap="small")
+    pairs = [row.container(horizontal=True, gap="small", width=2 * GROUP_WIDTH + GAP) for _ in range(2)]
+    for n, group in enumerate(groups):
+        with pairs[n // 2].container(width=GROUP_WIDTH):
             st.markdown(f"**{group}**")
             for name, knob in views.KNOBS.items():
                 if knob.group == group:
@@ -187,9 +194,9 @@ with st.container(border=True):
             b.text_input(f"Values {n}", key=f"sweep_values_{n}", placeholder="e.g. fp32, bf16  or  64, 128, 256",
                          help="Comma-separated values for this knob.")
     checks = st.container()          # filled below, once every widget's value is known
-    left, right, _ = st.columns([1, 1, 3])
-    launch_one = left.button("Launch run", type="primary", icon=":material/rocket_launch:", width="stretch")
-    launch_sweep = right.button("Launch sweep", icon=":material/grid_view:", width="stretch")
+    launch = st.container(horizontal=True)
+    launch_one = launch.button("Launch run", type="primary", icon=":material/rocket_launch:")
+    launch_sweep = launch.button("Launch sweep", icon=":material/grid_view:")
 
 values = state["_lab_values"] = {name: state.get(key(name), values[name]) for name in values}
 
@@ -262,9 +269,10 @@ def draw_checks(cfg: RunConfig) -> None:
 
 def draw_sweep_estimate(cfg: RunConfig) -> None:
     try:
-        configs = [c.config for c in expand(cfg, sweep_axes())]
-    except ConfigError:
-        return                       # Launch sweep says what is wrong with the sweep fields
+        configs = [c.config for c in planned(sweep=True)]
+    except ConfigError as e:         # a combination this server would refuse: said before Launch
+        st.error(f"Launch sweep would queue nothing: {views.md_text(e)}", icon=":material/error:")
+        return
     found = estimates(configs, wait=0)
     known = [e for e in found if e.seconds is not None]
     seconds = total(found)

@@ -242,7 +242,8 @@ def _from_calibration(cfg: RunConfig, facts: DataFacts, timed: Calibration, step
     batch_note = "" if timed.batch == cfg.batch_size else f" (timed at batch {timed.batch})"
     left_out = ["start-up", "the input pipeline"] + (["torch.compile"] if cfg.compile else []) + (
         ["compression"] if cfg.compress else [])
-    basis = (f"from timing {timed.steps} training steps of {cfg.model} here just now{batch_note}: "
+    steps_timed = f"{timed.steps} training step{'s' if timed.steps != 1 else ''}"
+    basis = (f"from timing {steps_timed} of {cfg.model} here just now{batch_note}: "
              f"{timed.train_images_per_s:,.0f} images/s, and evaluation at {timed.eval_images_per_s:,.0f} images/s "
              f"({', '.join(left_out[:-1])} and {left_out[-1]} not included)")
     return Estimate(train + evaluation, train, per_image, evaluation, steps, "calibration", basis)

@@ -453,7 +453,7 @@ def test_compare_draws_the_variants_of_a_compressed_run(app, trained_home):
     at.multiselect(key="compare_ids").set_value([3]).run()
     no_errors(at)
     titles = [c.proto.spec for c in plotly_charts(at)]
-    assert any("variants, accuracy vs latency" in t for t in titles)
+    assert any("Variants of #3: accuracy vs latency" in t for t in titles)
     variants = list(at.dataframe[0].value["variant"])
     assert variants[0] == "trained model" and any("unstructured 50%" in v for v in variants[1:]), variants
 
