@@ -121,6 +121,8 @@ else:
 
         # -- the charts ---------------------------------------------------------------------------
         st.plotly_chart(charts.pareto_scatter(rows), theme=None, key="pareto")
+        for line in views.unmeasured(selected):    # a run missing from a chart is never missing without a word
+            st.caption(f":material/info: Left out where a chart needs the figure: {views.md_text(line)}.")
         # one above the other: side by side, a column is too narrow for the runs' names at 1024 px
         st.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
         st.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")

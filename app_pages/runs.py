@@ -178,6 +178,8 @@ def run_panel(run_id: int):
         figures = st.container(horizontal=True, gap="small")    # wraps instead of cutting values off
         for name, value, meaning in views.headline(current):
             figures.metric(name, value, help=meaning, border=True, width=200)
+        for line in views.unmeasured([current]):
+            st.caption(f":material/info: Run {views.md_text(line)}.")
     # The loss curve from the worker's progress history stays after the run ends; runs trained in
     # the foreground have none, and draw their per-epoch figures instead.
     history = store.metrics(run_id, "progress")

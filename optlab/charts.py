@@ -30,7 +30,7 @@ TELEMETRY_SERIES = (
     ("gpu_util_pct", "GPU utilisation", "%"),
     ("mem_used_mb", "GPU memory used", "MB"),
     ("power_w", "GPU power draw", "W"),
-    ("cpu_pct", "Worker CPU (100 % = one core)", "%"),
+    ("cpu_pct", "Worker CPU", "% of one core"),
     ("rss_mb", "Worker memory (RSS)", "MB"),
 )
 

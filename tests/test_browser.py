@@ -118,6 +118,10 @@ def set_number(page, label, value):
     box.press("Tab")
 
 
+# How many runs a speed-vs-accuracy chart draws (its labelled traces' points), once Plotly has drawn it.
+DRAWN_RUNS = "(g => g && g.data ? g.data.filter(t => t.mode === 'markers+text').reduce((n, t) => n + t.x.length, 0) : -1)"
+
+
 def label_overlaps(plot) -> dict:
     """Drawn point labels of one Plotly chart that overlap each other, from their boxes on screen."""
     return plot.evaluate("""g => {
@@ -179,15 +183,17 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
             name.fill("browser test")
             name.press("Enter")
 
-            set_number(page, "Training images", 256)
+            # 64 steps of 16 images at 16 px: a few seconds a run, and steps enough to measure
+            set_number(page, "Training images", 1024)
             set_number(page, "Test images", 128)
+            set_number(page, "Image size (px)", 16)
             set_number(page, "Epochs", 1)
             set_number(page, "Loader workers", 0)
             batch = page.get_by_label("Batch size", exact=True)
-            batch.fill("32")
+            batch.fill("16")
             batch.press("Tab")
             # before anything is queued: how long it takes here, and how many steps
-            expect(page.get_by_text(re.compile(r"About \d+ (s|min) on this CPU · 8 steps in all"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"About \d+ (s|min) on this CPU · 64 steps in all"))).to_be_visible()
             expect(page.get_by_text(re.compile(r"^From timing \d+ training steps? of speednet here"))).to_be_visible()
             knob = page.get_by_label("Knob 1")
             knob.click()
@@ -210,8 +216,7 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
             expect(page.get_by_text(re.compile(r"of 2 runs done"))).to_have_count(0, timeout=420_000)
             pareto = page.locator(".js-plotly-plot").first
             expect(pareto).to_be_visible()
-            points = pareto.evaluate("g => g.data.filter(t => t.mode === 'markers+text').reduce((n, t) => n + t.x.length, 0)")
-            assert points == 2
+            page.wait_for_function(DRAWN_RUNS + "(document.querySelector('.js-plotly-plot')) === 2")
             assert label_overlaps(pareto)["overlaps"] == 0
             shoot(page, "compare.png", tmp_path)
 
@@ -228,7 +233,7 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
     runs = Store(isolated_home).list(newest_first=False)
     assert [r.status for r in runs] == ["done", "done"] and {r.user for r in runs} == {"browser test"}
     assert [r.config["seed"] for r in runs] == [0, 1] and len({r.sweep_id for r in runs}) == 1
-    assert (runs[0].config["limit_train"], runs[0].config["epochs"], runs[0].config["batch_size"]) == (256, 1, 32)
+    assert (runs[0].config["limit_train"], runs[0].config["epochs"], runs[0].config["batch_size"]) == (1024, 1, 16)
     assert runs[0].summary["device"] == "cpu" and runs[0].summary["train_images_per_s"] > 0
 
 
@@ -283,8 +288,7 @@ def test_links_widths_labels_and_first_visit_on_runs_that_trained(trained_server
                 expect(plots.first).to_be_visible()
                 expect(page.get_by_text("Compressed variants")).to_be_visible()
                 pareto = plots.first
-                drawn = pareto.evaluate("g => g.data.filter(t => t.mode === 'markers+text').reduce((n, t) => n + t.x.length, 0)")
-                assert drawn == 6
+                page.wait_for_function(DRAWN_RUNS + "(document.querySelector('.js-plotly-plot')) === 6")
                 found = label_overlaps(pareto)
                 assert found["overlaps"] == 0 and found["labels"] >= 3, found
                 variants = plots.last

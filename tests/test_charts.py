@@ -107,10 +107,10 @@ def test_telemetry_draws_each_series_present_with_its_unit():
                {"t": 101.5, "gpu_util_pct": 97, "cpu_pct": 101.0}]
     fig = charts.telemetry(samples, GPU)
     # no power sensor and no RSS in these rows: no panel for either
-    assert [t.name for t in fig.data] == ["GPU utilisation", "GPU memory used", "Worker CPU (100 % = one core)"]
+    assert [t.name for t in fig.data] == ["GPU utilisation", "GPU memory used", "Worker CPU"]
     assert list(fig.data[0].x) == [0.0, 1.5] and list(fig.data[1].x) == [0.0]
     assert [a.text for a in fig.layout.annotations] == [
-        "GPU utilisation (%)", "GPU memory used (MB)", "Worker CPU (100 % = one core) (%)"]
+        "GPU utilisation (%)", "GPU memory used (MB)", "Worker CPU (% of one core)"]
     assert fig.layout.title.subtitle.text == f"Measured on {GPU}"
 
 
