@@ -10,7 +10,7 @@ from optlab.data import DATASETS, allowed_image_roots
 from optlab.estimate import estimate
 from optlab.models import MODELS
 from optlab.store import Store
-from optlab.sweeps import MAX_RUNS, SWEEPABLE, expand, parse_values, submit_sweep
+from optlab.sweeps import MAX_RUNS, SWEEPABLE, parse_values, submit_sweep
 
 NO_KNOB = "—"
 GROUP_WIDTH = 185   # px: the widest label of a group ("Largest automatic batch") on one line
@@ -208,21 +208,9 @@ def sweep_axes() -> dict:
 
 
 def planned(sweep: bool) -> list:
-    """The form as SweepRun combinations (one, unlabelled, for a single run), validated against
-    this server and pre-flighted; ConfigError naming the first problem."""
-    cfg = views.config_from_form(values)
-    combos = expand(cfg, sweep_axes()) if sweep else [None]
-    configs = [c.config for c in combos] if sweep else [cfg]
-    for combo, c in zip(combos, configs):
-        where = f"{combo.label} (one of the sweep's runs): " if combo else ""
-        try:
-            c.validate(views.target_device(c.device, info))
-        except ConfigError as e:
-            raise ConfigError(where + str(e)) from None
-        errors = [f.message for f in fit.preflight(c) if f.level == "error"]
-        if errors:
-            raise ConfigError(where + "; ".join(errors))
-    return combos if sweep else [cfg]
+    """The form as SweepRun combinations (or the one RunConfig), checked as fit.plan checks them."""
+    return fit.plan(views.config_from_form(values), sweep_axes() if sweep else None,
+                    lambda c: views.target_device(c.device, info))
 
 
 LAUNCH_WAIT_S = 20     # Launch waits this long for an estimate still being timed, then asks

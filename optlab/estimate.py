@@ -10,6 +10,7 @@ Every estimate says which of the two it came from and what it leaves out.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import time
@@ -126,6 +127,19 @@ _DONE: dict[tuple, Calibration | Exception] = {}
 _UNDER_WAY: dict[tuple, threading.Thread] = {}
 _LOCK = threading.Lock()
 _TIMING = threading.Lock()    # one calibration at a time: two would time each other
+_STOP = threading.Event()     # set at exit: a thread still inside torch then would abort the process
+
+
+class _Stopped(Exception):
+    pass
+
+
+@atexit.register
+def _stop_calibrations() -> None:
+    """Let a calibration under way end at its next step before the interpreter goes."""
+    _STOP.set()
+    for thread in list(_UNDER_WAY.values()):
+        thread.join(timeout=60)
 
 
 def calibration(cfg: RunConfig, facts: DataFacts, info, *, wait: float | None = 0) -> Calibration | None:
@@ -192,6 +206,8 @@ def _time_steps(cfg: RunConfig, facts: DataFacts, info, batch: int) -> Calibrati
                 torch.cuda.synchronize(device)
 
         def step():
+            if _STOP.is_set():
+                raise _Stopped()
             with precision.autocast():
                 loss = loss_fn(model(x), y)
             precision.scaler.scale(loss).backward()
