@@ -5,7 +5,7 @@ import streamlit as st
 
 from optlab import fit, naming, views
 from optlab.compress import METHODS, available_methods
-from optlab.config import OPTIMIZERS, PIPELINES, PRESETS, ConfigError, RunConfig
+from optlab.config import OPTIMIZERS, PRESETS, ConfigError, RunConfig
 from optlab.data import DATASETS, allowed_image_roots
 from optlab.estimate import estimate
 from optlab.models import MODELS
@@ -39,14 +39,14 @@ if info.is_gpu:
             if snap is None:
                 st.caption("Live utilisation unavailable: NVML could not be read on this server.")
                 return
-            cols = st.columns(4)
+            row = st.container(horizontal=True, gap="small")    # wraps at narrow widths, never cut
 
-            def show(col, label, value, fmt):
-                col.metric(label, "n/a" if value is None else fmt.format(value))
-            show(cols[0], "Utilisation", snap.get("gpu_util_pct"), "{:.0f} %")
-            show(cols[1], "Memory used", snap.get("mem_used_mb"), "{:,.0f} MB")
-            show(cols[2], "Power", snap.get("power_w"), "{:.0f} W")
-            show(cols[3], "Temperature", snap.get("temperature_c"), "{:.0f} °C")
+            def show(label, value, fmt):
+                row.metric(label, "n/a" if value is None else fmt.format(value), width=160)
+            show("Utilisation", snap.get("gpu_util_pct"), "{:.0f} %")
+            show("Memory used", snap.get("mem_used_mb"), "{:,.0f} MB")
+            show("Power", snap.get("power_w"), "{:.0f} W")
+            show("Temperature", snap.get("temperature_c"), "{:.0f} °C")
         live_gpu()
 else:
     st.info(f"**No GPU on this server.** Runs use the CPU ({info.name}), so every figure they produce "
@@ -112,8 +112,7 @@ def choice_control(name: str, common: dict) -> None:
     Its options wrap onto a second row in a narrow column instead of being cut off."""
     knob, value = views.KNOBS[name], values[name]
     target = views.target_device(current("device"), info) if name != "device" else info
-    options = fit.offered(name, target) if name in fit.CHOICES else list(PIPELINES)
-    refused = fit.unavailable(name, target) if name in fit.CHOICES else {}
+    options, refused = fit.offered(name, target), fit.unavailable(name, target)
     device = "cuda" if target.is_gpu else "cpu"
     words = (lambda v: f"{v}: {naming.pipeline_word(v, device)}") if name == "pipeline" else str
     st.segmented_control(knob.label, options, default=value if value in options else options[0], required=True,
@@ -250,7 +249,7 @@ def draw_checks(cfg: RunConfig) -> None:
         if now.seconds is not None and now.seconds > budget:
             st.warning(f"That is longer than {views.duration(budget)}, more than a run on this shared "
                        f"{device_word} should take. Launch offers a smaller version.", icon=":material/warning:")
-        if sweep_axes():
+        if any(state.get(f"sweep_knob_{n}", NO_KNOB) != NO_KNOB for n in (1, 2)):
             draw_sweep_estimate(cfg)
     estimate_panel()
 
@@ -258,7 +257,7 @@ def draw_checks(cfg: RunConfig) -> None:
 def draw_sweep_estimate(cfg: RunConfig) -> None:
     try:
         configs = [c.config for c in planned(sweep=True)]
-    except ConfigError as e:         # a combination this server would refuse: said before Launch
+    except ConfigError as e:         # values that do not parse, or a combination this server refuses
         st.error(f"Launch sweep would queue nothing: {views.md_text(e)}", icon=":material/error:")
         return
     found = estimates(configs, wait=0)

@@ -107,7 +107,7 @@ def test_try_it_queues_a_child_and_compares_prediction_with_measurement(store, m
     child = store.get(child_id)
     assert (child.status, child.parent_id, child.user) == ("queued", parent_id, "ada")
     assert child.run_config.changes_from(parent.run_config) == {"pipeline": "gpu"}
-    assert child.label == f"#{parent_id} + pipeline=gpu"
+    assert child.label == f"#{parent_id} + pipeline=gpu (data in memory)"     # what gpu means on a CPU run
     assert store.metrics(child_id, "advice")[0]["expected_factor"] == pytest.approx(advice.expected_factor)
     assert advice_outcome(store, child_id) is None                  # not run yet
 

@@ -204,6 +204,17 @@ def test_lab_sweep_queues_one_run_per_combination(app, store):
     assert "4 runs" in at.success[0].value
 
 
+def test_a_sweep_this_server_would_refuse_is_named_before_launch(app, store):
+    at = app()
+    at.selectbox(key="sweep_knob_1").select("precision")
+    at.text_input(key="sweep_values_1").input("fp32, fp16").run()
+    assert any(e.value.startswith("Launch sweep would queue nothing: fp16 (one of the sweep's runs): fp16 needs a GPU")
+               for e in at.error), [e.value for e in at.error]
+    at.text_input(key="sweep_values_1").input("fp32, bf16").run()
+    assert any(m.value.startswith(":material/grid_view: **Launch sweep:** 2 runs") for m in at.markdown)
+    assert store.list() == []
+
+
 def test_a_preset_fills_the_form_with_its_version_for_this_cpu(app):
     at = app()
     at.selectbox(key="lab_preset").select("speedrun").run()

@@ -178,7 +178,7 @@ def test_variants_figure_plots_measured_variants_per_device(compressed):
     measured = [v for v in run.summary["variants"] if not v.get("error")]
     assert measured and all(v.get("latency_ms_p50") for v in measured)
     assert sum(len(t.x) for t in points) == len(measured)
-    assert "not shown (no measurement): prune_2to4" in fig.layout.title.text
+    assert "not shown (no measurement): prune_2to4" in fig.layout.title.subtitle.text
 
 
 def test_compress_command_adds_variants_to_a_finished_run(compressed, monkeypatch, capsys):
