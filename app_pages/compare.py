@@ -6,8 +6,7 @@ import streamlit as st
 from optlab import charts, report, views
 from optlab.store import Store
 
-OUTCOMES = [("train_images_per_s", "throughput (images/s)"), ("test_accuracy", "accuracy (%)"),
-            ("peak_memory_mb", "peak memory (MB)")]
+OUTCOMES = [("train_images_per_s", "images/s"), ("test_accuracy", "accuracy %"), ("peak_memory_mb", "peak MB")]
 DEFAULT_COUNT = 6
 
 REFRESH_S = 2
@@ -143,15 +142,16 @@ else:
 
         # -- the charts ---------------------------------------------------------------------------
         st.plotly_chart(charts.pareto_scatter(rows), theme=None, key="pareto")
-        left, right = st.columns(2)
-        left.plotly_chart(charts.throughput_bars(rows), theme=None, key="throughput")
-        right.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
-        left, right = st.columns(2)
-        left.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
+        for line in views.unmeasured(selected):    # a run missing from a chart is never missing without a word
+            st.caption(f":material/info: Left out where a chart needs the figure: {views.md_text(line)}.")
+        # one above the other: side by side, a column is too narrow for the runs' names at 1024 px
+        st.plotly_chart(charts.throughput_bars(rows), theme=None, key="throughput")
+        st.plotly_chart(charts.speedup_bars(rows, baseline), theme=None, key="speedup")
+        st.plotly_chart(charts.memory_bars(rows), theme=None, key="memory")
         curves = views.epoch_curves(store, [r.id for r in selected])
         targets = {r.config.get("target_accuracy") for r in selected}
         unit_of = {i: r["label"] for r in rows for i in r["ids"] if r["repeats"] > 1}
-        right.plotly_chart(charts.accuracy_curves(
+        st.plotly_chart(charts.accuracy_curves(
             [{"label": run_labels[r.id], "group": unit_of.get(r.id), "device_label": views.device_label(r),
               "epochs": curves[r.id]} for r in selected],
             target=targets.pop() if len(targets) == 1 else None), theme=None, key="curves")
@@ -167,8 +167,9 @@ else:
             from optlab.variant_charts import variants_figure
             st.subheader("Compressed variants")
             for r in with_variants:
-                st.plotly_chart(variants_figure(r.summary["variants"], title=f"{label_of[r.id]}: variants, "
-                                                "accuracy vs latency"), theme=None, key=f"variants_{r.id}")
+                st.caption(f"Run {views.md_text(run_labels[r.id])}")
+                st.plotly_chart(variants_figure(r.summary["variants"], title=f"Variants of #{r.id}: accuracy vs latency"),
+                                theme=None, key=f"variants_{r.id}")
 
         # -- the figures as a table ---------------------------------------------------------------
         st.subheader("Figures")

@@ -6,14 +6,16 @@ import streamlit as st
 from app_pages import _room
 from optlab import fit, naming, repeats, views
 from optlab.compress import METHODS, available_methods
-from optlab.config import OPTIMIZERS, PIPELINES, PRESETS, ConfigError, RunConfig
+from optlab.config import OPTIMIZERS, PRESETS, ConfigError, RunConfig
 from optlab.data import DATASETS, allowed_image_roots
 from optlab.estimate import estimate
 from optlab.models import MODELS
 from optlab.store import Store
-from optlab.sweeps import MAX_RUNS, SWEEPABLE, expand, parse_values, submit_sweep
+from optlab.sweeps import MAX_RUNS, SWEEPABLE, parse_values, submit_sweep
 
 NO_KNOB = "—"
+GROUP_WIDTH = 185   # px: the widest label of a group ("Largest automatic batch") on one line
+GAP = 16            # px: Streamlit's "small" gap (1rem)
 
 store = Store()
 info = st.session_state["device_info"]
@@ -38,14 +40,14 @@ if info.is_gpu:
             if snap is None:
                 st.caption("Live utilisation unavailable: NVML could not be read on this server.")
                 return
-            cols = st.columns(4)
+            row = st.container(horizontal=True, gap="small")    # wraps at narrow widths, never cut
 
-            def show(col, label, value, fmt):
-                col.metric(label, "n/a" if value is None else fmt.format(value))
-            show(cols[0], "Utilisation", snap.get("gpu_util_pct"), "{:.0f} %")
-            show(cols[1], "Memory used", snap.get("mem_used_mb"), "{:,.0f} MB")
-            show(cols[2], "Power", snap.get("power_w"), "{:.0f} W")
-            show(cols[3], "Temperature", snap.get("temperature_c"), "{:.0f} °C")
+            def show(label, value, fmt):
+                row.metric(label, "n/a" if value is None else fmt.format(value), width=160)
+            show("Utilisation", snap.get("gpu_util_pct"), "{:.0f} %")
+            show("Memory used", snap.get("mem_used_mb"), "{:,.0f} MB")
+            show("Power", snap.get("power_w"), "{:.0f} W")
+            show("Temperature", snap.get("temperature_c"), "{:.0f} °C")
         live_gpu()
 else:
     st.info(f"**No GPU on this server.** Runs use the CPU ({info.name}), so every figure they produce "
@@ -114,8 +116,7 @@ def choice_control(name: str, common: dict) -> None:
     Its options wrap onto a second row in a narrow column instead of being cut off."""
     knob, value = views.KNOBS[name], values[name]
     target = views.target_device(current("device"), info) if name != "device" else info
-    options = fit.offered(name, target) if name in fit.CHOICES else list(PIPELINES)
-    refused = fit.unavailable(name, target) if name in fit.CHOICES else {}
+    options, refused = fit.offered(name, target), fit.unavailable(name, target)
     device = "cuda" if target.is_gpu else "cpu"
     words = (lambda v: f"{v}: {naming.pipeline_word(v, device)}") if name == "pipeline" else str
     st.segmented_control(knob.label, options, default=value if value in options else options[0], required=True,
@@ -156,9 +157,14 @@ def widget(name: str):
 # No st.form: a form's widgets lose values set before the form was first submitted whenever a
 # widget outside it (the sidebar's name) reruns the app.
 with st.container(border=True):
+    # Each group a fixed-width box, in pairs, in a row that wraps: four side by side from 1280 px
+    # wide windows, two rows of two at 1024 px with the sidebar open, never a column too narrow for
+    # its labels and options.
     groups = [g for g in views.GROUPS if g != "Compression"]
-    for column, group in zip(st.columns(len(groups), gap="medium"), groups):
-        with column:
+    row = st.container(horizontal=True, gap="small")
+    pairs = [row.container(horizontal=True, gap="small", width=2 * GROUP_WIDTH + GAP) for _ in range(2)]
+    for n, group in enumerate(groups):
+        with pairs[n // 2].container(width=GROUP_WIDTH):
             st.markdown(f"**{group}**")
             for name, knob in views.KNOBS.items():
                 if knob.group == group and _room.shown(name):
@@ -191,9 +197,9 @@ with st.container(border=True):
             b.text_input(f"Values {n}", key=f"sweep_values_{n}", placeholder="e.g. fp32, bf16  or  64, 128, 256",
                          help="Comma-separated values for this knob.")
     checks = st.container()          # filled below, once every widget's value is known
-    left, right, _ = st.columns([1, 1, 3])
-    launch_one = left.button("Launch run", type="primary", icon=":material/rocket_launch:", width="stretch")
-    launch_sweep = right.button("Launch sweep", icon=":material/grid_view:", width="stretch")
+    launch = st.container(horizontal=True)
+    launch_one = launch.button("Launch run", type="primary", icon=":material/rocket_launch:")
+    launch_sweep = launch.button("Launch sweep", icon=":material/grid_view:")
 
 values = state["_lab_values"] = {name: state.get(key(name), values[name]) for name in values}
 _room.share_link(values)
@@ -206,21 +212,9 @@ def sweep_axes() -> dict:
 
 
 def planned(sweep: bool) -> list:
-    """The form as SweepRun combinations (one, unlabelled, for a single run), validated against
-    this server and pre-flighted; ConfigError naming the first problem."""
-    cfg = views.config_from_form(values)
-    combos = expand(cfg, sweep_axes()) if sweep else [None]
-    configs = [c.config for c in combos] if sweep else [cfg]
-    for combo, c in zip(combos, configs):
-        where = f"{combo.label} (one of the sweep's runs): " if combo else ""
-        try:
-            c.validate(views.target_device(c.device, info))
-        except ConfigError as e:
-            raise ConfigError(where + str(e)) from None
-        errors = [f.message for f in fit.preflight(c) if f.level == "error"]
-        if errors:
-            raise ConfigError(where + "; ".join(errors))
-    return combos if sweep else [cfg]
+    """The form as SweepRun combinations (or the one RunConfig), checked as fit.plan checks them."""
+    return fit.plan(views.config_from_form(values), sweep_axes() if sweep else None,
+                    lambda c: views.target_device(c.device, info))
 
 
 LAUNCH_WAIT_S = 20     # Launch waits this long for an estimate still being timed, then asks
@@ -260,16 +254,17 @@ def draw_checks(cfg: RunConfig) -> None:
         if now.seconds is not None and now.seconds > budget:
             st.warning(f"That is longer than {views.duration(budget)}, more than a run on this shared "
                        f"{device_word} should take. Launch offers a smaller version.", icon=":material/warning:")
-        if sweep_axes():
+        if any(state.get(f"sweep_knob_{n}", NO_KNOB) != NO_KNOB for n in (1, 2)):
             draw_sweep_estimate(cfg)
     estimate_panel()
 
 
 def draw_sweep_estimate(cfg: RunConfig) -> None:
     try:
-        configs = [c.config for c in expand(cfg, sweep_axes())]
-    except ConfigError:
-        return                       # Launch sweep says what is wrong with the sweep fields
+        configs = [c.config for c in planned(sweep=True)]
+    except ConfigError as e:         # values that do not parse, or a combination this server refuses
+        st.error(f"Launch sweep would queue nothing: {views.md_text(e)}", icon=":material/error:")
+        return
     found = estimates(configs, wait=0)
     known = [e for e in found if e.seconds is not None]
     seconds = total(found)

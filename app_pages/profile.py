@@ -11,6 +11,7 @@ from optlab.store import Store
 
 store = Store()
 state = st.session_state
+METRIC_WIDTH, CHART_WIDTH = 200, 400   # px
 
 
 @st.cache_data(show_spinner="Reading the trace…", max_entries=8)
@@ -24,18 +25,23 @@ def draw_profile(profile: dict, device_label: str | None, key: str, summary: dic
         st.info(profile["reason"], icon=":material/info:")
     util, host, tc = profile.get("utilisation") or {}, profile.get("host") or {}, profile.get("tensor_cores") or {}
     gpu = profile_charts.on_gpu(profile)
-    cols = st.columns(4)
-    cols[0].metric("GPU busy" if gpu else "CPU: inside operators",
-                   f"{100 * util['busy_share']:.0f} %" if util.get("busy_share") is not None else "n/a")
-    cols[1].metric("Step (wall)", f"{host['step_ms']:,.1f} ms" if host.get("step_ms") else "n/a",
-                   help=f"mean of {profile.get('steps')} profiled steps")
-    cols[2].metric("Host per step" if gpu else "Outside operators per step",
-                   f"{host['host_ms']:,.1f} ms" if gpu else f"{host['step_ms'] - host['device_ms']:,.1f} ms")
-    cols[3].metric("Tensor Core share", f"{100 * tc['share']:.0f} %" if tc.get("share") is not None
-                   else "n/a" if gpu else "n/a on a CPU",
-                   help=tc.get("reason") or "estimated from kernel names (see below)")
+    # Fixed-width metrics and charts in rows that wrap: two charts side by side from 1280 px wide
+    # windows, one a row at 1024 px, never squeezed until their titles and ticks run together.
+    metrics = st.container(horizontal=True, gap="small")
+    metrics.metric("GPU busy" if gpu else "CPU: inside operators",
+                   f"{100 * util['busy_share']:.0f} %" if util.get("busy_share") is not None else "n/a",
+                   width=METRIC_WIDTH)
+    metrics.metric("Step (wall)", f"{host['step_ms']:,.1f} ms" if host.get("step_ms") else "n/a",
+                   help=f"mean of {profile.get('steps')} profiled steps", width=METRIC_WIDTH)
+    metrics.metric("Host per step" if gpu else "Outside operators per step",
+                   f"{host['host_ms']:,.1f} ms" if gpu else f"{host['step_ms'] - host['device_ms']:,.1f} ms",
+                   width=METRIC_WIDTH)
+    metrics.metric("Tensor Core share", f"{100 * tc['share']:.0f} %" if tc.get("share") is not None else "n/a",
+                   help=tc.get("reason") or ("estimated from kernel names (see below)" if gpu else
+                                             "a CPU has no Tensor Cores"), width=METRIC_WIDTH)
     figures = profile_charts.profile_figures(profile, device_label)
-    left, right = st.columns(2)
+    row = st.container(horizontal=True, gap="small")
+    left, right = row.container(width=CHART_WIDTH), row.container(width=CHART_WIDTH)
     left.plotly_chart(figures["categories"], theme=None, key=f"{key}_categories")
     note = profile_charts.input_note(profile, summary or {})
     if note:

@@ -84,8 +84,9 @@ st.dataframe(
     views.run_rows(runs), hide_index=True, height=min(420, 38 + 35 * len(runs)), placeholder=views.MISSING,
     column_config={
         "id": st.column_config.NumberColumn("run", format="#%d", width="small"),
-        "name": st.column_config.TextColumn(help="model, precision, batch size, and what differs from the runs "
-                                                 "above and below"),
+        "name": st.column_config.TextColumn(width="medium", help="model, precision, batch size, and what differs "
+                                                                 "from the runs above and below (the whole name "
+                                                                 "in the picker below)"),
         "device": st.column_config.TextColumn(help="where the figures were measured"),
         "images/s": st.column_config.NumberColumn(format="%.0f", help="steady-state training throughput: "
                                                                        "median per-step images/s"),
@@ -200,8 +201,9 @@ def run_panel(run_id: int):
         st.caption(f"Device: **{label}**")
 
     if current.status == "done":
-        for column, (name, value, meaning) in zip(st.columns(4), views.headline(current)):
-            column.metric(name, value, help=meaning, border=True)
+        figures = st.container(horizontal=True, gap="small")    # wraps instead of cutting values off
+        for name, value, meaning in views.headline(current):
+            figures.metric(name, value, help=meaning, border=True, width=200)
         st.caption("Training speed: " + views.throughput_detail(current.summary))
         quality = views.quality_text(current.summary)
         if quality.startswith("thin"):
@@ -211,6 +213,8 @@ def run_panel(run_id: int):
         for caveat in caveats.measurement_warnings(current.summary):
             if not caveat.startswith("thin"):      # thin has its own warning above
                 st.warning(views.md_text(caveat), icon=":material/warning:")
+        for line in views.unmeasured([current]):
+            st.caption(f":material/info: Run {views.md_text(line)}.")
         if current.repeat_group:
             group_panel(current)
     # The loss curve from the worker's progress history stays after the run ends; runs trained in

@@ -23,6 +23,9 @@ from optlab import labels
 FONT_SIZE = 15          # readable on a workshop projector
 PALETTE = ("#3B7DD8", "#E8743B", "#19A979", "#ED4A7B", "#945ECF", "#13A4B4", "#525DF4", "#BF399E",
            "#6C8893", "#EE6868", "#2F6497", "#F6AB2F")
+# The legend at the foot of the figure, not a share of the plot's height below it: a legend that
+# wraps onto several rows in a narrow column then pushes the plot up instead of covering the axis title.
+LEGEND = dict(orientation="h", yref="container", y=0, yanchor="bottom")
 MEMORY_KINDS = {"cuda_allocator": "GPU peak allocated", "host_rss": "process peak RSS (host, training)"}
 
 # Telemetry series (optlab.telemetry's row keys) the live chart draws when present: (key, title,
@@ -30,10 +33,10 @@ MEMORY_KINDS = {"cuda_allocator": "GPU peak allocated", "host_rss": "process pea
 # the worker process's own CPU and memory are sampled on every machine.
 TELEMETRY_SERIES = (
     ("gpu_util_pct", "GPU utilisation", "%"),
-    ("mem_used_mb", "GPU memory used by every process (NVML)", "MB"),
+    ("mem_used_mb", "GPU memory used, all processes", "MB"),
     ("power_w", "GPU power draw", "W"),
-    ("cpu_pct", "Worker CPU (100 % = one core)", "%"),
-    ("rss_mb", "Process tree memory: worker + loader workers (RSS)", "MB"),
+    ("cpu_pct", "Worker CPU", "% of one core"),
+    ("rss_mb", "Worker + loaders memory (RSS)", "MB"),
 )
 
 
@@ -45,7 +48,7 @@ def device_note(labels) -> str:
         return "Device not recorded"
     if len(distinct) == 1:
         return f"Measured on {distinct[0]}"
-    return "Mixed devices, compare with care: " + "; ".join(distinct)
+    return "Mixed devices, compare with care:<br>" + "<br>".join(distinct)   # one a line: half-width charts
 
 
 def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100, legend_on_top: bool = False,
@@ -55,8 +58,9 @@ def _finish(fig, title: str, devices, *, height: int = 460, top: int = 100, lege
     charts have about 40 characters of room. `legend_on_top` puts the legend above the plot, clear
     of long rotated run labels."""
     legend = (dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0) if legend_on_top
-              else dict(orientation="h", y=-0.2))
+              else LEGEND)
     subtitle = (note + "<br>" if note else "") + device_note(devices)
+    top += 16 * max(0, subtitle.count("<br>") - 1)    # room for a subtitle of more than two lines
     fig.update_layout(
         title=dict(text=title, subtitle=dict(text=subtitle, font=dict(size=13, color="#555")),
                    y=0.98, yanchor="top"),
@@ -223,7 +227,7 @@ def speedup_bars(rows: list[dict], baseline: dict):
     _bar_labels(fig, [r.get("label", "") for r in usable], [f"{b['ratio']:.2f}×" for b in bars])
     fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
     fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
-    fig.update_xaxes(title_text="Run · error bar: 95 % interval of the ratio")
+    _run_ticks(fig, [r.get("label", "") for r in usable], "Run · error bar: 95 % interval of the ratio")
     return _finish(fig, "Training speed-up", [r.get("device_label") for r in usable + [baseline]],
                    legend_on_top=True, note=f"1.0 = baseline {_clip(baseline.get('label', ''), 40)}")
 
@@ -257,7 +261,7 @@ def throughput_bars(rows: list[dict]):
                                  marker=dict(color="#222", size=9, symbol="circle-open", line=dict(width=2)),
                                  hovertemplate="<b>%{x}</b><br>one repeat: %{y:,.0f} images/s<extra></extra>"))
     fig.update_yaxes(title_text="Training throughput (images/s, steady state)", rangemode="tozero")
-    fig.update_xaxes(title_text="Run · error bar: 95 % interval · hatched: thin")
+    _run_ticks(fig, [r.get("label", "") for r in usable], "Run · error bar: 95 % interval · hatched: thin")
     return _finish(fig, "Training throughput", [r.get("device_label") for r in usable], legend_on_top=True)
 
 
@@ -280,8 +284,15 @@ def memory_bars(rows: list[dict]):
     # one kind of figure per run: overlay keeps every bar centred on its run (and on its label)
     fig.update_layout(barmode="overlay")
     fig.update_yaxes(title_text="Peak memory (MB)", rangemode="tozero")
-    fig.update_xaxes(title_text="Run")
-    return _finish(fig, "Peak memory during training", [r.get("device_label") for r in usable])
+    _run_ticks(fig, [r.get("label", "") for r in usable])
+    return _finish(fig, "Peak memory", [r.get("device_label") for r in usable], note="during training")
+
+
+def _run_ticks(fig, names: list[str], title: str = "Run") -> None:
+    """Run names under bars as a few short lines, level, instead of long names turned on their side
+    that squeeze the bars into a strip."""
+    fig.update_xaxes(title_text=title, tickmode="array", tickvals=names, ticktext=[labels.wrap(n) for n in names],
+                     tickfont=dict(size=FONT_SIZE - 3))
 
 
 # -- curves ----------------------------------------------------------------------------------------
@@ -331,21 +342,23 @@ def parallel_knobs(rows: list[dict], knobs: list[tuple[str, str]], outcomes: lis
     usable = [r for r in rows if all(_have(r, key) for key, _ in outcomes)]
     dimensions = []
     for key, label in knobs:
-        values = [r.get(key) for r in usable]
-        categories = sorted({str(v) for v in values}, key=_natural)
+        values = ["default" if r.get(key) is None else str(r.get(key)) for r in usable]
+        categories = sorted(set(values), key=_natural)
         index = {c: i for i, c in enumerate(categories)}
-        dimensions.append(dict(label=label, values=[index[str(v)] for v in values],
+        dimensions.append(dict(label=label, values=[index[v] for v in values],
                                tickvals=list(range(len(categories))), ticktext=categories,
                                range=[-0.25, max(len(categories) - 1, 0) + 0.25]))
     for key, label in outcomes:
         scale = 100 if key.endswith("accuracy") else 1
         dimensions.append(dict(label=label, values=[scale * r[key] for r in usable], tickformat=",.4~r"))
     color = [r[outcomes[0][0]] for r in usable] if outcomes else None
+    many = len(dimensions) >= 5     # axis names turn a little so that neighbours do not run together
     fig = go.Figure(go.Parcoords(
-        dimensions=dimensions,
+        dimensions=dimensions, labelangle=-20 if many else 0, labelside="top",
         line=dict(color=color, colorscale="Viridis", showscale=True,
                   colorbar=dict(title=dict(text=outcomes[0][1] if outcomes else "")))))
-    _finish(fig, "From knobs to outcomes", [r.get("device_label") for r in usable], height=500, top=150)
+    _finish(fig, "From knobs to outcomes", [r.get("device_label") for r in usable], height=520,
+            top=185 if many else 150)
     fig.update_layout(margin=dict(l=90, r=60, b=40))
     return fig
 
@@ -367,7 +380,7 @@ def training_progress(rows: list[dict], device_label: str | None):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Throughput"), horizontal_spacing=0.12)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Training loss", "Throughput"), horizontal_spacing=0.18)
     losses = [r for r in rows if _have(r, "step", "loss")]
     speeds = [r for r in rows if _have(r, "step", "images_per_s")]
     fig.add_trace(go.Scatter(x=[r["step"] for r in losses], y=[r["loss"] for r in losses], mode="lines+markers",
@@ -379,7 +392,7 @@ def training_progress(rows: list[dict], device_label: str | None):
     fig.update_yaxes(title_text="Loss (cross-entropy)", row=1, col=1)
     # The live figure is the host clock since the epoch began; the run's reported throughput
     # (steady-state, device timeline) is computed when the epoch ends.
-    fig.update_yaxes(title_text="Throughput, live estimate (images/s)", rangemode="tozero", row=1, col=2)
+    fig.update_yaxes(title_text="images/s, live estimate", rangemode="tozero", row=1, col=2)
     _finish(fig, "Training progress", [device_label], height=380, top=125)
     fig.update_layout(showlegend=False)
     return fig

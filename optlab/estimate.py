@@ -10,6 +10,7 @@ Every estimate says which of the two it came from and what it leaves out.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import time
@@ -126,6 +127,19 @@ _DONE: dict[tuple, Calibration | Exception] = {}
 _UNDER_WAY: dict[tuple, threading.Thread] = {}
 _LOCK = threading.Lock()
 _TIMING = threading.Lock()    # one calibration at a time: two would time each other
+_STOP = threading.Event()     # set at exit: a thread still inside torch then would abort the process
+
+
+class _Stopped(Exception):
+    pass
+
+
+@atexit.register
+def _stop_calibrations() -> None:
+    """Let a calibration under way end at its next step before the interpreter goes."""
+    _STOP.set()
+    for thread in list(_UNDER_WAY.values()):
+        thread.join(timeout=60)
 
 
 def calibration(cfg: RunConfig, facts: DataFacts, info, *, wait: float | None = 0) -> Calibration | None:
@@ -192,6 +206,8 @@ def _time_steps(cfg: RunConfig, facts: DataFacts, info, batch: int) -> Calibrati
                 torch.cuda.synchronize(device)
 
         def step():
+            if _STOP.is_set():
+                raise _Stopped()
             with precision.autocast():
                 loss = loss_fn(model(x), y)
             precision.scaler.scale(loss).backward()
@@ -242,7 +258,8 @@ def _from_calibration(cfg: RunConfig, facts: DataFacts, timed: Calibration, step
     batch_note = "" if timed.batch == cfg.batch_size else f" (timed at batch {timed.batch})"
     left_out = ["start-up", "the input pipeline"] + (["torch.compile"] if cfg.compile else []) + (
         ["compression"] if cfg.compress else [])
-    basis = (f"from timing {timed.steps} training steps of {cfg.model} here just now{batch_note}: "
+    steps_timed = f"{timed.steps} training step{'s' if timed.steps != 1 else ''}"
+    basis = (f"from timing {steps_timed} of {cfg.model} here just now{batch_note}: "
              f"{timed.train_images_per_s:,.0f} images/s, and evaluation at {timed.eval_images_per_s:,.0f} images/s "
              f"({', '.join(left_out[:-1])} and {left_out[-1]} not included)")
     return Estimate(train + evaluation, train, per_image, evaluation, steps, "calibration", basis)

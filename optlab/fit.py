@@ -178,6 +178,27 @@ def _enough_steps(cfg: RunConfig, facts: DataFacts):
 BUDGET_S = {"cpu": 10 * 60, "cuda": 30 * 60}
 
 
+def plan(cfg: RunConfig, axes: dict | None, device_for: Callable) -> list:
+    """What Launch queues, checked before anything is: `[cfg]` for one run, or the sweep's
+    combinations (optlab.sweeps.SweepRun) for `axes`; each validated against the device it would
+    run on (`device_for(config)`) and pre-flighted. ConfigError naming the first problem (and the
+    sweep combination it is in)."""
+    from optlab.config import ConfigError
+    from optlab.sweeps import expand
+    combos = expand(cfg, axes) if axes is not None else [None]
+    for combo in combos:
+        config = combo.config if combo else cfg
+        where = f"{combo.label} (one of the sweep's runs): " if combo else ""
+        try:
+            config.validate(device_for(config))
+        except ConfigError as e:
+            raise ConfigError(where + str(e)) from None
+        errors = [f.message for f in preflight(config) if f.level == "error"]
+        if errors:
+            raise ConfigError(where + "; ".join(errors))
+    return combos if axes is not None else [cfg]
+
+
 # -- presets for this device -------------------------------------------------------------------------------
 # The GPU presets in a size a CPU finishes in minutes: same knobs (the lesson), fewer images and
 # epochs, batches that leave steps enough to measure.

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 POSITIONS = ("top center", "bottom center", "middle right", "middle left",
              "top right", "top left", "bottom right", "bottom left")
 # (figure width, pixels the plot area may lose to a legend or axis labels Plotly makes room for)
-# to be safe at: a full-width chart at a 1024 px window with the sidebar open, up to a wide screen.
-SIZES = ((620, 0), (800, 0), (1100, 0), (620, 100), (1100, 100))
+# to be safe at: a full-width chart is 564 px wide at a 1024 px window with the sidebar open, up to
+# 1100 px on a wide screen; a legend below the plot takes up to about 120 px of its height.
+SIZES = ((540, 0), (540, 120), (800, 0), (800, 120), (1100, 0), (1100, 120))
 CHAR_WIDTH = 0.6     # a character's width as a share of the font size (Plotly's default sans font)
 LINE_HEIGHT = 1.25
 GAP = 3              # pixels between a marker's edge and its label
@@ -107,6 +108,21 @@ def _free(box: Box, i: int, pixels, radii, taken: list[Box], area: tuple[float, 
     if not box.inside(*area) or any(box.hits(other) for other in taken):
         return False
     return not any(j != i and box.hits(_marker_box(px, py, radii[j])) for j, (px, py) in enumerate(pixels))
+
+
+def wrap(text: str, width: int = 14, lines: int = 3) -> str:
+    """A category label broken into lines of about `width` characters (at most `lines`, the last
+    one cut with '…'), joined with Plotly's <br>: bar labels that stay level instead of turning."""
+    out: list[str] = []
+    for word in str(text).split():
+        if out and len(out[-1]) + 1 + len(word) <= width:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][:width - 1] + "…"
+    return "<br>".join(out)
 
 
 def padded_range(values: list[float], share: float = 0.15, *, from_zero: bool = False,

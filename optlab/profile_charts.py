@@ -6,7 +6,7 @@ must never pass for a GPU profile.
 """
 from __future__ import annotations
 
-from optlab.charts import FONT_SIZE, PALETTE
+from optlab.charts import FONT_SIZE, LEGEND, PALETTE
 
 CATEGORY_COLOURS = {"convolution": PALETTE[0], "matmul": PALETTE[1], "normalisation": PALETTE[2],
                     "elementwise": PALETTE[3], "memory copies": PALETTE[4], "optimizer": PALETTE[5],
@@ -31,7 +31,7 @@ def _finish(fig, title: str, detail: str, device_label: str | None, *, height: i
     device = f"Measured on {device_label}" if device_label else "Device not recorded"
     fig.update_layout(title=dict(text=title, subtitle=dict(text=f"{detail}<br>{device}")), template="plotly_white",
                       font=dict(size=FONT_SIZE), height=height, margin=dict(t=110, l=70, r=30, b=60),
-                      legend=dict(orientation="h", y=-0.25), colorway=list(PALETTE))
+                      legend=LEGEND, colorway=list(PALETTE))
     return fig
 
 
@@ -73,9 +73,7 @@ def busy_idle_bar(profile: dict, device_label: str | None = None):
     fig.update_xaxes(title_text="ms of the profiled window")
     title, detail = (("GPU busy vs idle", "GPU kernels, copies and memsets") if gpu else
                      ("Inside vs outside operators", "CPU time of the profiled steps"))
-    fig = _finish(fig, title, detail, device_label, height=300)
-    fig.update_layout(legend=dict(y=-0.6))
-    return fig
+    return _finish(fig, title, detail, device_label, height=300)
 
 
 def host_device_bars(profile: dict, device_label: str | None = None):
@@ -114,12 +112,11 @@ def memory_bars(profile: dict, device_label: str | None = None):
         return None
     fig = go.Figure()
     fig.add_trace(go.Bar(x=[r["phase"] for r in rows], y=[r["peak_above_start_mb"] for r in rows],
-                         name="most memory held at once (MB more than when profiling began)", marker_color=PALETTE[4]))
+                         name="most held at once (MB above the start)", marker_color=PALETTE[4]))
     fig.add_trace(go.Bar(x=[r["phase"] for r in rows], y=[r["allocated_mb_per_step"] for r in rows],
-                         name="memory requested per step (MB, all allocations added up)", marker_color=PALETTE[5]))
+                         name="requested per step (MB, all allocations)", marker_color=PALETTE[5]))
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="MB", rangemode="tozero")
-    fig.update_xaxes(tickangle=0)
     return _finish(fig, "Memory by phase", m.get("label", ""), device_label)
 
 

@@ -56,7 +56,7 @@ def variants_figure(variants: list[dict], title: str | None = None):
     import plotly.graph_objects as go
 
     from optlab import labels
-    from optlab.charts import FONT_SIZE
+    from optlab.charts import FONT_SIZE, LEGEND
 
     usable = [v for v in variants if not v.get("error") and v.get("latency_ms_p50") and v.get("test_accuracy") is not None]
     left_out = [v["name"] for v in variants if v not in usable]
@@ -82,18 +82,20 @@ def variants_figure(variants: list[dict], title: str | None = None):
             fig.add_trace(go.Scatter(x=[v["latency_ms_p50"] for v in front], y=[100 * v["test_accuracy"] for v in front],
                                      mode="lines", line=dict(dash="dash", width=1), name=f"Pareto front ({hardware})",
                                      hoverinfo="skip"))
-    subtitle = ("bubble area: size on disk; latency at batch 1, median with its 95 % interval, timed in interleaved "
-                "rounds with the baseline on the device named in the legend")
+    subtitle = ("bubble area: size on disk<br>latency at batch 1: median with its 95 % interval, timed in "
+                "interleaved rounds<br>with the baseline, on the device named in the legend")
     noise = [v["name"] for v in usable if v.get("speedup_verdict") == "within noise"]
     if noise:
         subtitle += f"<br>within noise of the baseline at batch 1: {', '.join(noise)}"
     if left_out:
         subtitle += f"<br>not shown (no measurement): {', '.join(left_out)}"
     fig.update_layout(
-        title=dict(text=f"{title or 'Variants: accuracy vs latency'}<br><sup>{subtitle}</sup>"),
+        title=dict(text=title or "Variants: accuracy vs latency",
+                   subtitle=dict(text=subtitle, font=dict(size=13, color="#555"))),
         xaxis_title="latency at batch 1, median (ms)", yaxis_title="test accuracy (%)",
-        legend=dict(orientation="h", yanchor="top", y=-0.2), template="plotly_white",
-        font=dict(size=FONT_SIZE - 2), height=520, margin=dict(l=70, r=30, t=110, b=60))
+        legend=LEGEND, showlegend=True,   # the device, even for one
+        template="plotly_white",
+        font=dict(size=FONT_SIZE - 2), height=540, margin=dict(l=70, r=30, t=90 + 18 * (subtitle.count("<br>") + 1), b=60))
     fig.update_xaxes(range=labels.padded_range([v["latency_ms_p50"] for v in usable], 0.2, from_zero=True))
     fig.update_yaxes(range=labels.padded_range([100 * v["test_accuracy"] for v in usable], 0.2))
     labels.apply(fig)

@@ -605,6 +605,27 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def unmeasured(runs: list[Run]) -> list[str]:
+    """One line per finished run a comparison chart must leave out, saying which figure it lacks
+    and why ('#1 has no training throughput: all 8 steps were warm-up (2) or profiled (6)')."""
+    lines = []
+    for run in runs:
+        s = run.summary or {}
+        why = []
+        if s.get("train_images_per_s") is None:
+            if s.get("steps") is not None and not s.get("steady_steps"):
+                reason = (f"all {s['steps']} steps were warm-up ({s.get('warmup_steps', 0)}) or profiled "
+                          f"({s.get('profiled_steps_excluded', 0)}): give it more steps")
+            else:
+                reason = (s.get("throughput") or {}).get("why") or "not measured"
+            why.append(f"no training throughput ({reason})")
+        if s.get("test_accuracy") is None:
+            why.append("no accuracy (" + ("random labels" if s.get("accuracy_applies") is False else "not measured") + ")")
+        if why:
+            lines.append(f"#{run.id} has " + " and ".join(why))
+    return lines
+
+
 def devices(runs: list[Run]) -> list[str]:
     return sorted({device_label(r) for r in runs if device_label(r)})
 

@@ -228,6 +228,15 @@ def test_repeats_outside_the_limit_are_refused_in_the_form(app, store):
     knob(at, "number_input", "repeats").set_value(21)
     by_label(at.button, "Launch run").click().run()
     assert "repeats must be a whole number 1..20" in at.error[0].value and store.list() == []
+def test_a_sweep_this_server_would_refuse_is_named_before_launch(app, store):
+    at = app()
+    at.selectbox(key="sweep_knob_1").select("precision")
+    at.text_input(key="sweep_values_1").input("fp32, fp16").run()
+    assert any(e.value.startswith("Launch sweep would queue nothing: fp16 (one of the sweep's runs): fp16 needs a GPU")
+               for e in at.error), [e.value for e in at.error]
+    at.text_input(key="sweep_values_1").input("fp32, bf16").run()
+    assert any(m.value.startswith(":material/grid_view: **Launch sweep:** 2 runs") for m in at.markdown)
+    assert store.list() == []
 
 
 def test_a_preset_fills_the_form_with_its_version_for_this_cpu(app):
@@ -479,7 +488,7 @@ def test_compare_draws_the_variants_of_a_compressed_run(app, trained_home):
     at.multiselect(key="compare_ids").set_value([3]).run()
     no_errors(at)
     titles = [c.proto.spec for c in plotly_charts(at)]
-    assert any("variants, accuracy vs latency" in t for t in titles)
+    assert any("Variants of #3: accuracy vs latency" in t for t in titles)
     variants = list(at.dataframe[0].value["variant"])
     assert variants[0] == "trained model" and any("unstructured 50%" in v for v in variants[1:]), variants
 

@@ -1,7 +1,13 @@
-"""The whole loop in a real browser: `streamlit run app.py` with its scheduler, headless Chromium
-through Playwright. Launch a tiny CPU run from the Lab form, watch it finish on the Runs page,
-open Compare. Screenshots go to tests/artifacts/ (git-ignored) and the test's tmp folder."""
+"""The pages in a real browser: `streamlit run app.py`, headless Chromium through Playwright.
+
+* the whole loop, with the app's scheduler: the Lab's estimate, a tiny two-run sweep launched from
+  the form, Compare following that sweep's progress until its charts draw, the Runs page;
+* on a store of runs that really trained: links to missing things, the precision control at
+  three window widths, point labels that do not overlap, titles that fit, the first visit.
+
+Screenshots go to tests/artifacts/ (git-ignored) and the test's tmp folder."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -9,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,11 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(isolated_home, tmp_path):
+@contextmanager
+def app_server(home: Path, log_path: Path, scheduler: bool):
+    """`streamlit run app.py` on `home` in its own session; its URL while the block runs."""
     port = free_port()
-    log = open(tmp_path / "streamlit.log", "wb")
-    env = dict(os.environ, OPTLAB_HOME=str(isolated_home), OPTLAB_SCHEDULER="1")
+    log = open(log_path, "wb")
+    env = dict(os.environ, OPTLAB_HOME=str(home), OPTLAB_SCHEDULER="1" if scheduler else "0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -49,7 +57,7 @@ def server(isolated_home, tmp_path):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
+                raise RuntimeError("streamlit did not start:\n" + log_path.read_text())
             time.sleep(0.25)
         yield url
     finally:
@@ -60,6 +68,36 @@ def server(isolated_home, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def server(isolated_home, tmp_path):
+    with app_server(isolated_home, tmp_path / "streamlit.log", scheduler=True) as url:
+        yield url
+
+
+@pytest.fixture
+def trained_server(isolated_home, tmp_path):
+    """The app (no scheduler) on a store of six tiny runs that really trained on Fashion-MNIST,
+    alike but for one knob each (two sweeps), one of them compressed, and one run cancelled."""
+    from conftest import tiny_config
+    from optlab.runner import execute
+    from optlab.store import Store
+    from optlab.sweeps import expand, submit_sweep
+    store = Store(isolated_home)
+    base = tiny_config(limit_train=128, limit_test=128, batch_size=32)
+    _, ids = submit_sweep(store, expand(base, {"num_workers": [0, 1, 2]}))
+    _, more = submit_sweep(store, expand(base, {"image_size": [20, 24]}))
+    bench = {"method": "benchmark", "repeats": 3, "warmup": 1, "throughput_batch": 16, "throughput_repeats": 1,
+             "batch_sizes": [1]}
+    ids += more + [store.submit(base.replace(compress=[bench, {"method": "prune_unstructured", "finetune_steps": 1},
+                                                       {"method": "int8_dynamic"}]))]
+    for run_id in ids:
+        execute(store, run_id)
+    cancelled = store.submit(base)
+    store.request_cancel(cancelled)
+    with app_server(isolated_home, tmp_path / "streamlit.log", scheduler=False) as url:
+        yield url, store
 
 
 def shoot(page, name, tmp_path):
@@ -80,15 +118,60 @@ def set_number(page, label, value):
     box.press("Tab")
 
 
-def test_launch_watch_and_compare_a_tiny_cpu_run(server, tmp_path, isolated_home):
+# How many runs a speed-vs-accuracy chart draws (its labelled traces' points), once Plotly has drawn it.
+DRAWN_RUNS = "(g => g && g.data ? g.data.filter(t => t.mode === 'markers+text').reduce((n, t) => n + t.x.length, 0) : -1)"
+
+
+def label_overlaps(plot) -> dict:
+    """Drawn point labels of one Plotly chart that overlap each other, from their boxes on screen."""
+    return plot.evaluate("""g => {
+        const boxes = [...g.querySelectorAll('.scatterlayer .textpoint text')]
+            .map(t => t.getBoundingClientRect()).filter(b => b.width > 0);
+        let overlaps = 0;
+        for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+            const a = boxes[i], b = boxes[j];
+            if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) overlaps++;
+        }
+        return {labels: boxes.length, overlaps};
+    }""")
+
+
+def titles_fit(plot) -> bool:
+    """Every title and subtitle line of a chart lies inside the chart."""
+    return plot.evaluate("""g => {
+        const frame = g.querySelector('.main-svg').getBoundingClientRect();
+        return [...g.querySelectorAll('.gtitle, .gtitle-subtitle')].every(t => {
+            const b = t.getBoundingClientRect();
+            return b.left >= frame.left - 1 && b.right <= frame.right + 1;
+        });
+    }""")
+
+
+def options_fit(group) -> bool:
+    """Every option of a segmented control is whole and inside the control's column."""
+    return group.evaluate("""g => {
+        const column = (g.closest('[data-testid="stColumn"]') || g).getBoundingClientRect();
+        return g.scrollWidth <= g.clientWidth + 1 && [...g.querySelectorAll('[role="radio"]')].every(b => {
+            const r = b.getBoundingClientRect();
+            return r.width > 0 && r.left >= column.left - 1 && r.right <= column.right + 1
+                && b.scrollWidth <= b.clientWidth + 1;
+        });
+    }""")
+
+
+def launch_browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_home):
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=60_000)   # the first render imports torch
+    expect.set_options(timeout=120_000)   # the first render imports torch; the machine is shared
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_browser(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(120_000)
             # A shared link as the fresh server's first request still gets the app's navigation.
             page.goto(server.rstrip("/") + "/compare")
             expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
@@ -100,37 +183,58 @@ def test_launch_watch_and_compare_a_tiny_cpu_run(server, tmp_path, isolated_home
             name.fill("browser test")
             name.press("Enter")
 
-            set_number(page, "Training images", 512)
-            set_number(page, "Test images", 256)
+            # 64 steps of 16 images at 16 px: a few seconds a run, and steps enough to measure
+            set_number(page, "Training images", 1024)
+            set_number(page, "Test images", 128)
+            set_number(page, "Image size (px)", 16)
             set_number(page, "Epochs", 1)
             set_number(page, "Loader workers", 0)
             batch = page.get_by_label("Batch size", exact=True)
-            batch.fill("64")
+            batch.fill("16")
             batch.press("Tab")
+            # before anything is queued: how long it takes here, and how many steps
+            expect(page.get_by_text(re.compile(r"About \d+ (s|min) on this CPU · 64 steps in all"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^From timing \d+ training steps? of speednet here"))).to_be_visible()
+            knob = page.get_by_label("Knob 1")
+            knob.click()
+            page.keyboard.type("Random seed")      # the list is long: filter it, then take the match
+            page.keyboard.press("Enter")
+            values = page.get_by_label("Values 1", exact=True)
+            values.fill("0, 1")
+            values.press("Tab")
+            expect(page.get_by_text(re.compile(r"Launch sweep: 2 runs, about \d+ (s|min) in all"))).to_be_visible()
             shoot(page, "lab.png", tmp_path)
-            page.get_by_role("button", name="Launch run").click()
-            expect(page.get_by_text("Run #1 queued.")).to_be_visible()
+            page.get_by_role("button", name="Launch sweep").click()
+            expect(page.get_by_text(re.compile(r"Sweep sweep-\w+ queued: 2 runs \(#1–#2\)"))).to_be_visible()
 
-            page.get_by_role("link", name="Watch run #1 on the Runs page").click()
-            expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
-            # the page refreshes itself until the run is done
-            expect(page.get_by_role("heading", name="Run #1 · done")).to_be_visible(timeout=90_000)
-            expect(page.locator(".js-plotly-plot").first).to_be_visible()
-            shoot(page, "runs.png", tmp_path)
-
-            page.get_by_role("link", name="Compare", exact=True).click()
+            page.get_by_role("link", name="Compare this sweep").click()
             expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
-            expect(page.locator(".js-plotly-plot")).to_have_count(4)   # one run: no knobs to relate
-            expect(page.get_by_text("CPU figures", exact=False)).to_be_visible()
+            expect(page.get_by_text(re.compile(r"[01] of 2 runs done"))).to_be_visible()
+            expect(page.locator(".js-plotly-plot")).to_have_count(0)       # nothing but this sweep
+            shoot(page, "compare-progress.png", tmp_path)
+            # no reload: the page follows the sweep until both runs are drawn
+            expect(page.get_by_text(re.compile(r"of 2 runs done"))).to_have_count(0, timeout=420_000)
+            pareto = page.locator(".js-plotly-plot").first
+            expect(pareto).to_be_visible()
+            page.wait_for_function(DRAWN_RUNS + "(document.querySelector('.js-plotly-plot')) === 2")
+            assert label_overlaps(pareto)["overlaps"] == 0
             shoot(page, "compare.png", tmp_path)
+
+            page.goto(server.rstrip("/") + "/runs?run=1")
+            expect(page.get_by_role("heading", name="Run #1 · done")).to_be_visible()
+            expect(page.get_by_text("Training progress")).to_be_visible()   # the loss curve outlives the run
+            page.reload()
+            expect(page.get_by_role("heading", name="Run #1 · done")).to_be_visible()   # the address keeps the run
+            shoot(page, "runs.png", tmp_path)
         finally:
             browser.close()
 
     from optlab.store import Store
-    [run] = Store(isolated_home).list()
-    assert run.status == "done" and run.user == "browser test"
-    assert (run.config["limit_train"], run.config["epochs"], run.config["batch_size"]) == (512, 1, 64)
-    assert run.summary["device"] == "cpu" and run.summary["train_images_per_s"] > 0
+    runs = Store(isolated_home).list(newest_first=False)
+    assert [r.status for r in runs] == ["done", "done"] and {r.user for r in runs} == {"browser test"}
+    assert [r.config["seed"] for r in runs] == [0, 1] and len({r.sweep_id for r in runs}) == 1
+    assert (runs[0].config["limit_train"], runs[0].config["epochs"], runs[0].config["batch_size"]) == (1024, 1, 16)
+    assert runs[0].summary["device"] == "cpu" and runs[0].summary["train_images_per_s"] > 0
 
 
 def test_compare_with_repeated_runs_shows_error_bars_and_the_noise_verdict(server, tmp_path, isolated_home):
@@ -148,7 +252,7 @@ def test_compare_with_repeated_runs_shows_error_bars_and_the_noise_verdict(serve
     sweep_id, ids = submit_sweep(store, expand(base, {"target_accuracy": [0.5, 0.6]}), user="browser test")
     expect.set_options(timeout=60_000)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_browser(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(60_000)
@@ -171,9 +275,72 @@ def test_compare_with_repeated_runs_shows_error_bars_and_the_noise_verdict(serve
             assert verdict["verdict"] == "within noise"
             expect(page.locator(".js-plotly-plot")).to_have_count(6)
             # error bars drawn by Plotly: the throughput, speed-up and memory charts
-            for title in ("Training throughput", "Training speed-up against", "Peak memory during training"):
+            for title in ("Training throughput", "Training speed-up against", "Peak memory"):
                 chart = page.locator(".js-plotly-plot", has_text=title)
                 expect(chart.locator("path.yerror").first).to_be_attached()
             shoot(page, "compare-repeats.png", tmp_path)
+        finally:
+            browser.close()
+
+
+def test_links_widths_labels_and_first_visit_on_runs_that_trained(trained_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store = trained_server
+    cancelled = store.list(status="cancelled")[0].id
+    expect.set_options(timeout=120_000)
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            # First visit after a server start: the navigation and a line saying what is loading come
+            # at once, before PyTorch has loaded (the Lab's heading comes after it).
+            page.goto(url)
+            expect(page.get_by_text("Starting OptLab: loading PyTorch")).to_be_visible(timeout=10_000)
+            expect(page.get_by_role("link", name="Runs", exact=True)).to_be_visible(timeout=1_000)
+            shoot(page, "first-visit.png", tmp_path)
+            expect(page.get_by_role("heading", name="Lab", exact=True)).to_be_visible()
+            expect(page.get_by_text("Starting OptLab: loading PyTorch")).to_have_count(0)
+
+            # A link to something that is not there says so, and shows nothing else.
+            for path, message in [("runs?run=999", "There is no run 999 in this store"),
+                                  ("profile?run=999", "There is no run 999 in this store"),
+                                  (f"profile?run={cancelled}",
+                                   f"Run #{cancelled} has no profile: it was cancelled before it started"),
+                                  ("compare?sweep=nope", "There is no sweep nope in this store")]:
+                page.goto(f"{url}/{path}")
+                expect(page.get_by_text(message)).to_be_visible()
+                main = page.locator('[data-testid="stMain"]')
+                for thing in (".js-plotly-plot", '[data-testid="stDataFrame"]', '[data-testid="stSelectbox"]'):
+                    expect(main.locator(thing)).to_have_count(0)
+                shoot(page, f"missing-{path.split('?')[0]}-{path.rsplit('=', 1)[-1]}.png", tmp_path)
+
+            # The Lab's choice controls keep every option whole at common window widths.
+            for width in (1024, 1280, 1400):
+                page.set_viewport_size({"width": width, "height": 1000})
+                page.goto(url)
+                expect(page.get_by_text("Before you launch")).to_be_visible()
+                for control in ("Precision", "Input pipeline", "Device"):
+                    assert options_fit(page.get_by_role("radiogroup", name=control)), (control, width)
+                shoot(page, f"lab-{width}.png", tmp_path)
+
+            # Compare six runs: labels that do not overlap, titles that fit, at two widths.
+            for width in (1024, 1400):
+                page.set_viewport_size({"width": width, "height": 1000})
+                page.goto(f"{url}/compare")
+                page.get_by_text("Runs I pick").click()
+                plots = page.locator(".js-plotly-plot")
+                expect(plots.first).to_be_visible()
+                expect(page.get_by_text("Compressed variants")).to_be_visible()
+                pareto = plots.first
+                page.wait_for_function(DRAWN_RUNS + "(document.querySelector('.js-plotly-plot')) === 6")
+                found = label_overlaps(pareto)
+                assert found["overlaps"] == 0 and found["labels"] >= 3, found
+                variants = plots.last
+                assert label_overlaps(variants)["overlaps"] == 0
+                for n in range(plots.count()):
+                    assert titles_fit(plots.nth(n)), n
+                shoot(page, f"compare-{width}.png", tmp_path)
         finally:
             browser.close()

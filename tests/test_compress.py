@@ -196,9 +196,9 @@ def test_variants_figure_plots_measured_variants_per_device(compressed):
     measured = [v for v in run.summary["variants"] if not v.get("error")]
     assert measured and all(v.get("latency_ms_p50") for v in measured)
     assert sum(len(t.x) for t in points) == len(measured)
+    assert "not shown (no measurement): prune_2to4" in fig.layout.title.subtitle.text
     bars = points[0].error_x      # the 95 % interval of each median latency
     assert bars.visible and len(bars.array) == len(points[0].x) and min(bars.array) >= 0
-    assert "not shown (no measurement): prune_2to4" in fig.layout.title.text
 
 
 def test_compress_command_adds_variants_to_a_finished_run(compressed, monkeypatch, capsys):

@@ -31,6 +31,17 @@ def test_what_would_fail_in_the_queue_is_an_error_before_it(changes, message):
     assert finding.level == "error" and message in finding.message
 
 
+def test_a_plan_names_the_sweep_combination_that_would_fail():
+    from optlab.config import ConfigError
+    base = RunConfig(limit_train=4096, batch_size=64)
+    with pytest.raises(ConfigError, match=r"fp16 \(one of the sweep's runs\): fp16 needs a GPU"):
+        fit.plan(base, {"precision": ["fp32", "fp16"]}, lambda c: CPU)
+    with pytest.raises(ConfigError, match=r"bs=8192 \(one of the sweep's runs\): batch size 8,192 is larger"):
+        fit.plan(base, {"batch_size": [64, 8192]}, lambda c: CPU)
+    assert [c.label for c in fit.plan(base, {"batch_size": [32, 64]}, lambda c: CPU)] == ["bs=32", "bs=64"]
+    assert fit.plan(base, None, lambda c: CPU) == [base]
+
+
 def test_an_image_folder_under_the_allowed_roots_is_counted_without_decoding(tmp_path, monkeypatch):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()

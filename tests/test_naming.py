@@ -88,3 +88,15 @@ def test_a_run_says_how_it_ended_without_repeating_itself():
     failed = run(8, status="failed")
     failed.error, failed.started_at = "out of memory at batch size 512", 1.0
     assert views.how_it_ended(failed) == "failed: out of memory at batch size 512"
+
+
+def test_a_run_left_out_of_a_chart_says_which_figure_it_lacks_and_why():
+    thin = run(1)
+    thin.summary = {"train_images_per_s": None, "steps": 8, "steady_steps": 0, "warmup_steps": 2,
+                    "profiled_steps_excluded": 6, "test_accuracy": 0.09, "accuracy_applies": True}
+    random_labels = run(2)
+    random_labels.summary = {"train_images_per_s": 900.0, "test_accuracy": None, "accuracy_applies": False}
+    assert views.unmeasured([thin, random_labels, run(3)]) == [
+        "#1 has no training throughput (all 8 steps were warm-up (2) or profiled (6): give it more steps)",
+        "#2 has no accuracy (random labels)", "#3 has no training throughput (not measured) and no accuracy "
+        "(not measured)"]
