@@ -188,7 +188,7 @@ COMPILED = ["speednet", "resnet18"]   # also run with torch.compile (bf16 + chan
 def matrix_configs(s: Suite) -> list[RunConfig]:
     base = RunConfig(epochs=1, limit_test=2000, pipeline="gpu", profile=False, num_workers=s.workers)
     if s.tiny:   # three steps a run: the code path, not the figures (bf16 on a CPU is slow)
-        sizes = {"speednet": dict(batch_size=32, limit_train=96)}
+        sizes = {"speednet": dict(image_size=16, batch_size=32, limit_train=96)}
         base = base.replace(limit_test=64)
     else:
         sizes = MATRIX_MODELS
@@ -315,8 +315,8 @@ def compression(s: Suite) -> dict:
     refused = {json.dumps(st): "; ".join(validate_steps([st], s.info)) for st in COMPRESSION}
     steps = [st for st in COMPRESSION if not refused[json.dumps(st)]]
     if s.tiny:
-        cfg = RunConfig(model="vit_tiny", batch_size=32, limit_train=128, limit_test=64, epochs=1, num_workers=0,
-                        profile=False)
+        cfg = RunConfig(model="vit_tiny", image_size=16, batch_size=32, limit_train=128, limit_test=64, epochs=1,
+                        num_workers=0, profile=False)
         steps = steps + [{"method": "benchmark", "repeats": 5, "warmup": 1, "throughput_batch": 32,
                           "throughput_repeats": 2, "batch_sizes": [1, 32]}]
     else:

@@ -3,7 +3,8 @@
 * the whole loop, with the app's scheduler: the Lab's estimate, a tiny two-run sweep launched from
   the form, Compare following that sweep's progress until its charts draw, the Runs page;
 * on a store of runs that really trained: links to missing things, the precision control at
-  three window widths, point labels that do not overlap, titles that fit, the first visit.
+  three window widths, point labels that do not overlap, titles that fit, the first visit; a sweep
+  of repeats on Compare: the verdict in words and the error bars.
 
 Screenshots go to tests/artifacts/ (git-ignored) and the test's tmp folder."""
 import os
@@ -76,28 +77,33 @@ def server(isolated_home, tmp_path):
         yield url
 
 
-@pytest.fixture
-def trained_server(isolated_home, tmp_path):
-    """The app (no scheduler) on a store of six tiny runs that really trained on Fashion-MNIST,
-    alike but for one knob each (two sweeps), one of them compressed, and one run cancelled."""
+@pytest.fixture(scope="module")
+def trained_server(tmp_path_factory):
+    """The app (no scheduler) on a store of runs that really trained on Fashion-MNIST: six tiny runs
+    alike but for one knob each (two sweeps), one of them compressed, one run cancelled, and before
+    them a sweep of two settings that train identically, two repeats each, run interleaved."""
     from conftest import tiny_config
     from optlab.runner import execute
     from optlab.store import Store
     from optlab.sweeps import expand, submit_sweep
-    store = Store(isolated_home)
+    home = tmp_path_factory.mktemp("trained-server")
+    store = Store(home)
     base = tiny_config(limit_train=128, limit_test=128, batch_size=32)
-    _, ids = submit_sweep(store, expand(base, {"num_workers": [0, 1, 2]}))
+    repeated, ids = submit_sweep(store, expand(base.replace(limit_test=64, repeats=2),
+                                               {"target_accuracy": [0.5, 0.6]}), user="browser test")
+    _, more = submit_sweep(store, expand(base, {"num_workers": [0, 1, 2]}))
+    ids += more
     _, more = submit_sweep(store, expand(base, {"image_size": [20, 24]}))
     bench = {"method": "benchmark", "repeats": 3, "warmup": 1, "throughput_batch": 16, "throughput_repeats": 1,
              "batch_sizes": [1]}
     ids += more + [store.submit(base.replace(compress=[bench, {"method": "prune_unstructured", "finetune_steps": 1},
                                                        {"method": "int8_dynamic"}]))]
-    for run_id in ids:
+    for run_id in ids:             # in the order queued: the repeats interleaved (A B A B)
         execute(store, run_id)
     cancelled = store.submit(base)
     store.request_cancel(cancelled)
-    with app_server(isolated_home, tmp_path / "streamlit.log", scheduler=False) as url:
-        yield url, store
+    with app_server(home, tmp_path_factory.mktemp("log") / "streamlit.log", scheduler=False) as url:
+        yield url, store, repeated
 
 
 def shoot(page, name, tmp_path):
@@ -207,7 +213,7 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
             page.get_by_role("button", name="Launch sweep").click()
             expect(page.get_by_text(re.compile(r"Sweep sweep-\w+ queued: 2 runs \(#1–#2\)"))).to_be_visible()
 
-            page.get_by_role("link", name="Compare this sweep").click()
+            page.get_by_role("link", name="Compare these runs").click()
             expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
             expect(page.get_by_text(re.compile(r"[01] of 2 runs done"))).to_be_visible()
             expect(page.locator(".js-plotly-plot")).to_have_count(0)       # nothing but this sweep
@@ -237,56 +243,10 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
     assert runs[0].summary["device"] == "cpu" and runs[0].summary["train_images_per_s"] > 0
 
 
-def test_compare_with_repeated_runs_shows_error_bars_and_the_noise_verdict(server, tmp_path, isolated_home):
-    from playwright.sync_api import expect, sync_playwright
-
-    from conftest import tiny_config
-    from optlab import views
-    from optlab.store import Store
-    from optlab.sweeps import expand, submit_sweep
-
-    # Two settings that train identically (only the accuracy target differs), two repeats each,
-    # queued interleaved; the server's scheduler (started by the first page view) runs them.
-    store = Store(isolated_home)
-    base = tiny_config(limit_train=128, limit_test=64, batch_size=32, repeats=2)
-    sweep_id, ids = submit_sweep(store, expand(base, {"target_accuracy": [0.5, 0.6]}), user="browser test")
-    expect.set_options(timeout=60_000)
-    with sync_playwright() as p:
-        browser = launch_browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(server)
-            expect(page.get_by_role("heading", name="Lab", exact=True)).to_be_visible()
-            deadline = time.monotonic() + 400
-            while any(store.get(i).status in ("queued", "running") for i in ids):
-                assert time.monotonic() < deadline, [(i, store.get(i).status) for i in ids]
-                time.sleep(1)
-            runs = [store.get(i) for i in ids]
-            assert [r.status for r in runs] == ["done"] * 4, [r.error for r in runs]
-            assert sorted(runs, key=lambda r: r.started_at) == runs        # run in the interleaved order
-            rows = views.figure_rows(sorted(runs, key=lambda r: r.id))
-            [verdict] = views.speed_verdicts(rows, rows[0])
-
-            page.goto(f"{server.rstrip('/')}/compare?sweep={sweep_id}")
-            expect(page.get_by_role("heading", name="Is it a difference?")).to_be_visible()
-            # the same training twice: the page says so in words, naming the baseline
-            expect(page.get_by_text(f"not distinguishable from {rows[0]['label']} at this spread")).to_be_visible()
-            assert verdict["verdict"] == "within noise"
-            expect(page.locator(".js-plotly-plot")).to_have_count(6)
-            # error bars drawn by Plotly: the throughput, speed-up and memory charts
-            for title in ("Training throughput", "Training speed-up against", "Peak memory"):
-                chart = page.locator(".js-plotly-plot", has_text=title)
-                expect(chart.locator("path.yerror").first).to_be_attached()
-            shoot(page, "compare-repeats.png", tmp_path)
-        finally:
-            browser.close()
-
-
 def test_links_widths_labels_and_first_visit_on_runs_that_trained(trained_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    url, store = trained_server
+    url, store, _ = trained_server
     cancelled = store.list(status="cancelled")[0].id
     expect.set_options(timeout=120_000)
     with sync_playwright() as p:
@@ -342,5 +302,36 @@ def test_links_widths_labels_and_first_visit_on_runs_that_trained(trained_server
                 for n in range(plots.count()):
                     assert titles_fit(plots.nth(n)), n
                 shoot(page, f"compare-{width}.png", tmp_path)
+        finally:
+            browser.close()
+
+
+def test_compare_with_repeated_runs_shows_error_bars_and_the_noise_verdict(trained_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from optlab import views
+
+    url, store, sweep_id = trained_server
+    runs = store.list(sweep_id=sweep_id, newest_first=False)
+    assert [(r.status, r.repeat_index) for r in runs] == [("done", 1), ("done", 1), ("done", 2), ("done", 2)]
+    rows = views.figure_rows(runs)
+    [verdict] = views.speed_verdicts(rows, rows[0])
+    assert verdict["verdict"] == "within noise"
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = launch_browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/compare?sweep={sweep_id}")
+            expect(page.get_by_role("heading", name="Is it a difference?")).to_be_visible()
+            # the same training twice: the page says so in words, naming the baseline
+            expect(page.get_by_text(f"not distinguishable from {rows[0]['label']} at this spread")).to_be_visible()
+            expect(page.locator(".js-plotly-plot")).to_have_count(6)
+            # error bars drawn by Plotly: the throughput, speed-up and memory charts
+            for title in ("Training throughput", "Training speed-up", "Peak memory"):
+                chart = page.locator(".js-plotly-plot", has_text=title)
+                expect(chart.locator("path.yerror").first).to_be_attached()
+            shoot(page, "compare-repeats.png", tmp_path)
         finally:
             browser.close()

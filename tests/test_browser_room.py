@@ -84,7 +84,8 @@ def test_a_room_of_two_people_and_the_instructor(room, server, tmp_path, isolate
             expect(lin.get_by_role("heading", name="Run #1 · done")).to_be_visible()
             lin.get_by_role("button", name="Delete").click()
             lin.get_by_role("button", name="Delete for good").click()
-            expect(lin.get_by_role("heading", name="Run #2 · done")).to_be_visible()
+            # gone; the page then opens none of Ada's runs for Lin, who has none of her own
+            expect(lin.get_by_text("No run of yours yet under this name")).to_be_visible()
 
             # a shared setup: Grace opens the link Lin's Lab shows for a setup, and her form fills
             from optlab import share

@@ -52,7 +52,7 @@ def test_speedup_bars_divide_by_the_baseline():
     assert list(bars.x) == ["#1 fp32", "#2 bf16", "#3 bs=512", "#4 compiled"]
     assert list(bars.y) == pytest.approx([1.0, 1.8, 1.5, 0.9])
     assert list(bars.text) == ["1.00×", "1.80×", "1.50×", "0.90×"]
-    assert fig.layout.yaxis.title.text == "× the baseline's images/s"
+    assert fig.layout.yaxis.title.text == "Speed-up (× the baseline's images/s)"
     assert fig.layout.shapes[0].y0 == 1                              # the baseline line
     assert CPU in fig.layout.title.subtitle.text
 

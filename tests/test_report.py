@@ -231,8 +231,10 @@ def test_runs_compare_and_profile_offer_the_report(shared_runs, tmp_path, monkey
     shutil.copytree(shared_runs.home, home)
     monkeypatch.setenv("OPTLAB_HOME", str(home))
     monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
+    at.session_state["user"] = "grace"          # the Runs page opens the visitor's own run: run 2
+    at.run()
     for page in ("app_pages/runs.py", "app_pages/compare.py", "app_pages/profile.py"):
         at.switch_page(page).run()
         assert not at.exception, [x.value for x in at.exception]
-        assert "Download report" in [b.label for b in at.get("download_button")], page
+        assert "Download report" in [b.label for b in at.get("download_button")], (page, [c.value for c in at.caption][:4], [e.value for e in at.error])

