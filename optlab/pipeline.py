@@ -61,9 +61,10 @@ class CpuPipeline:
     def __init__(self, ds: DataSet, *, batch_size, device, size, augment, train, channels_last,
                  workers=2, seed=0):
         steps = [AUGMENTATIONS.get(a).cpu(ds.native_size) for a in ds.augmentations] if augment else []
-        if size != ds.native_size:
+        steps.append(v2.ToDtype(torch.float32, scale=True))
+        if size != ds.native_size:   # on floats, as the GPU pipeline resizes: the same images at any size
             steps.append(v2.Resize(size, antialias=True))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(ds.mean, ds.std)]
+        steps.append(v2.Normalize(ds.mean, ds.std))
         images, labels = (ds.train_x, ds.train_y) if train else (ds.test_x, ds.test_y)
         self.device, self.format = device, memory_format(channels_last)
         self.loader = DataLoader(

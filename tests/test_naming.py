@@ -14,7 +14,7 @@ def run(run_id, status="done", **changes):
 
 
 def test_runs_that_differ_only_in_workers_compression_or_size_get_different_names():
-    base = dict(batch_size=128, num_workers=2)
+    base = dict(batch_size=128, num_workers=2, image_size=None)     # native size, the default
     runs = [run(4, **base), run(3, **dict(base, num_workers=0)),
             run(2, **dict(base, compress=[{"method": "prune_unstructured", "sparsity": 0.5}])),
             run(1, **dict(base, image_size=8))]

@@ -18,13 +18,14 @@ def data():
 def test_every_pipeline_yields_normalised_batches_on_the_device(data, pipeline):
     cfg = tiny_config(pipeline=pipeline, augment=False)
     x, y = next(iter(make_pipeline(data, cfg, CPU, 32, train=True)))
-    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (32,)
+    assert x.shape == (32, 1, cfg.image_size, cfg.image_size) and x.dtype == torch.float32 and y.shape == (32,)
     assert abs(float(x.mean())) < 0.5 and 0.6 < float(x.std()) < 1.4   # normalised with the data's stats
 
 
-def test_both_pipelines_give_the_same_test_images(data):
-    cpu = list(make_pipeline(data, tiny_config(pipeline="cpu"), CPU, 64, train=False))
-    gpu = list(make_pipeline(data, tiny_config(pipeline="gpu"), CPU, 64, train=False))
+@pytest.mark.parametrize("size", [28, 16])     # native, and resized
+def test_both_pipelines_give_the_same_test_images(data, size):
+    cpu = list(make_pipeline(data, tiny_config(pipeline="cpu", image_size=size), CPU, 64, train=False))
+    gpu = list(make_pipeline(data, tiny_config(pipeline="gpu", image_size=size), CPU, 64, train=False))
     assert torch.allclose(cpu[0][0], gpu[0][0], atol=1e-5)
     assert torch.equal(cpu[0][1], gpu[0][1])
 
