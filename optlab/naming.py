@@ -27,6 +27,8 @@ STEP_WORDS: dict[str, Callable[[dict], str]] = {
     "distill": lambda s: f"distilled to {s.get('student', 'speednet')}",
     "export_onnx": lambda s: "ONNX",
     "export_tensorrt": lambda s: "TensorRT",
+    "export_openvino": lambda s: "OpenVINO",
+    "openvino_int8": lambda s: "OpenVINO int8",
 }
 
 

@@ -50,7 +50,7 @@ def _hover(v: dict) -> str:
 def variants_figure(variants: list[dict], title: str | None = None):
     """Accuracy vs measured latency; bubble area = size on disk; a dashed Pareto front per kind of
     hardware (the CPU or the GPU: a variant run by another runtime on the same hardware, such as
-    ONNX Runtime, competes on the same front). Variants without a measured latency or accuracy
+    ONNX Runtime or OpenVINO, competes on the same front). Variants without a measured latency or accuracy
     (refused, failed, random labels) are left out and listed under the chart. Every point says on
     which device it was measured; labels are placed where they overlap nothing."""
     import plotly.graph_objects as go

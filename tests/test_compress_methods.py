@@ -14,8 +14,9 @@ from optlab.device import describe
 from optlab.models import build_model
 
 CPU_INFO = describe("cpu")
-OPTIONAL = {"torchao_int8_weight_only": "torchao", "torchao_int8_dynamic": "torchao", "torchao_float8": "torchao",
-            "export_tensorrt": "torch_tensorrt"}
+OPTIONAL = {"torchao_int8_weight_only": ("torchao",), "torchao_int8_dynamic": ("torchao",),
+            "torchao_float8": ("torchao",), "export_tensorrt": ("torch_tensorrt",), "export_openvino": ("openvino",),
+            "openvino_int8": ("openvino", "nncf")}
 
 
 def cpu_context():
@@ -29,9 +30,9 @@ def test_every_method_accepts_its_defaults_and_refuses_unknown_settings(name):
         assert param.check(param.default), f"{name}.{key}: default {param.default!r} breaks its own rule"
     errors = m.validate({"method": name, "bogus": 1})
     assert any("unknown setting(s) bogus" in e for e in errors)
-    library = OPTIONAL.get(name)
-    if library and importlib.util.find_spec(library) is None:
-        assert any(f"needs {library}" in e and "not installed" in e for e in m.validate({"method": name}))
+    missing = [library for library in OPTIONAL.get(name, ()) if importlib.util.find_spec(library) is None]
+    if missing:
+        assert any(f"needs {missing[0]}" in e and "not installed" in e for e in m.validate({"method": name}))
     else:
         assert m.validate({"method": name}) == []
 

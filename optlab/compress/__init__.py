@@ -5,6 +5,7 @@
     quantize.py  half_precision, int8_static, int8_dynamic, torchao_* (GPU, when torchao is installed)
     distill.py   distill (student with the teacher, and the same student without it)
     export.py    export_onnx (ONNX Runtime), export_tensorrt (when torch_tensorrt is installed)
+    openvino_runtime.py  export_openvino, openvino_int8 (NNCF) for OpenVINO's CPU plugin (when installed)
     recipe.py    run_steps: baseline + every variant, evaluated and benchmarked; `benchmark` settings
 """
 from __future__ import annotations

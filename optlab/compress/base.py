@@ -18,7 +18,7 @@ from optlab.registry import Registry
 
 def _register_methods() -> None:
     import importlib
-    for module in ("prune", "quantize", "distill", "export", "recipe"):
+    for module in ("prune", "quantize", "distill", "export", "openvino_runtime", "recipe"):
         importlib.import_module(f"optlab.compress.{module}")
 
 
@@ -132,9 +132,10 @@ class Variant:
     input_dtype: torch.dtype = torch.float32
     extra: dict = field(default_factory=dict)         # method facts: sparsity reached, fine-tune steps, ...
     artifact: Path | None = None         # a file the method wrote itself (ONNX); else the state dict is saved
+    size_bytes: int | None = None        # bytes on disk when the artifact is several files (OpenVINO's .xml + .bin)
     counts: tuple[int, int] | None = None             # (params, non-zero) where the module cannot tell
     macs_model: Callable | None = None   # count MACs on this instead (the float graph of an int8 model)
-    timer: str = "auto"                  # perf_counter for synchronous runtimes (ONNX Runtime)
+    timer: str = "auto"                  # perf_counter for synchronous runtimes (ONNX Runtime, OpenVINO)
     runtime: str = "PyTorch"
     measure_memory: bool = True
 

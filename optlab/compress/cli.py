@@ -27,6 +27,7 @@ QUANTIZE = {
     "torchao-int8-weight": lambda value: {"method": "torchao_int8_weight_only"},
     "torchao-int8-dynamic": lambda value: {"method": "torchao_int8_dynamic"},
     "torchao-float8": lambda value: {"method": "torchao_float8"},
+    "openvino-int8": lambda value: {"method": "openvino_int8"},
 }
 DISTILL = {
     "speednet": lambda value: {"method": "distill", "student": "speednet", "width": _fraction(value, 0.5, upper=1.0)},
@@ -36,13 +37,16 @@ DISTILL = {
 EXPORT = {
     "onnx": lambda value: {"method": "export_onnx"},
     "tensorrt": lambda value: {"method": "export_tensorrt"},
+    "openvino": lambda value: {"method": "export_openvino"},
 }
 FLAGS = {  # flag -> (table, help)
     "--prune": (PRUNE, "unstructured:SPARSITY, structured:RATIO or 2:4 (GPU 8.0+ only)"),
     "--quantize": (QUANTIZE, "int8-static, dynamic, bf16, fp16 (GPU), torchao-int8-weight, torchao-int8-dynamic, "
-                             "torchao-float8 (torchao methods need torchao and a GPU)"),
+                             "torchao-float8 (torchao methods need torchao and a GPU), openvino-int8 (NNCF, for "
+                             "OpenVINO's CPU plugin; needs openvino and nncf)"),
     "--distill": (DISTILL, "student speednet[:WIDTH] or mobilenet_v3_small[:WIDTH]"),
-    "--export": (EXPORT, "onnx (ONNX Runtime) or tensorrt (needs torch_tensorrt and a GPU)"),
+    "--export": (EXPORT, "onnx (ONNX Runtime), tensorrt (needs torch_tensorrt and a GPU) or openvino "
+                         "(OpenVINO's CPU plugin; needs openvino)"),
 }
 # setting flag -> (step key, the methods it applies to)
 SETTINGS = {

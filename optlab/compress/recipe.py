@@ -131,7 +131,7 @@ class Recorder:
                 # tensor subclasses (2:4 sparse, compiled engines) that do not serialise
                 notes.append(f"size on disk not measured: its state dict could not be saved ({type(e).__name__})")
         if artifact is not None:
-            size_mb = artifact.stat().st_size / 2**20
+            size_mb = (v.size_bytes if v.size_bytes is not None else artifact.stat().st_size) / 2**20
         if figures["macs"] is None:
             notes.append("MACs not counted: torch's FLOP counter does not see this runtime's kernels")
         params, nonzero = v.counts or count_weights(v.model)
