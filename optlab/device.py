@@ -65,7 +65,7 @@ def _cpu_name(threads: int | None = None) -> str:
     if threads is None:
         import torch
         threads = torch.get_num_threads()
-    return f"{name} ({threads} threads)"
+    return f"{name} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def describe(device: "torch.device | str" = "auto") -> DeviceInfo:

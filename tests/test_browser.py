@@ -64,11 +64,15 @@ def app_server(home: Path, log_path: Path, scheduler: bool):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)   # its own session: the server, and nothing of ours
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+    # A page that failed shows visitors only "an error" (showErrorDetails = none): the server's log
+    # has the traceback, and a test that met one must say so.
+    text = log_path.read_text(errors="replace")
+    assert "Traceback (most recent call last)" not in text, text[text.index("Traceback"):][-6000:]
 
 
 @pytest.fixture
