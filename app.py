@@ -37,7 +37,13 @@ if not getattr(optlab, "engine_ready", False):      # set below, once per server
 
 @st.cache_resource(show_spinner=False)
 def engine() -> None:
-    """The engine modules every page needs, imported once per server (torch among them)."""
+    """The engine modules every page needs, imported once per server (torch among them); and
+    pandas and Plotly, whole, before any page runs: a module first imported by one session's
+    script while another session's chart checks `sys.modules` is seen half-initialised (Plotly
+    then fails with "partially initialized module 'pandas' has no attribute 'Series'")."""
+    import pandas  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+
     import optlab.compress  # noqa: F401
     import optlab.data  # noqa: F401
     import optlab.models  # noqa: F401

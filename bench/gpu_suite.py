@@ -192,7 +192,9 @@ def matrix_configs(s: Suite) -> list[RunConfig]:
         base = base.replace(limit_test=64)
     else:
         sizes = MATRIX_MODELS
-    cfgs = [base.replace(model=m, **size, **knobs) for m, size in sizes.items() for knobs in MATRIX_KNOBS]
+    # tiny: the refusals and one run each way of feeding data (the code path, not the figures)
+    knob_sets = [MATRIX_KNOBS[i] for i in (0, 1, 2, 4, 5)] if s.tiny else MATRIX_KNOBS
+    cfgs = [base.replace(model=m, **size, **knobs) for m, size in sizes.items() for knobs in knob_sets]
     if not s.tiny:
         cfgs += [base.replace(model=m, **sizes[m], precision="bf16", channels_last=True, compile=True)
                  for m in COMPILED]
@@ -259,8 +261,10 @@ def profile(s: Suite) -> dict:
     import profile_overhead as po
     from optlab.advisor import advise
     if s.tiny:
-        cfg = RunConfig(model="speednet", batch_size=16, limit_train=192, limit_test=64, epochs=1, num_workers=0)
-        argv = ["--device", "cpu", "--repeats", "1", "--batch-size", "16", "--limit-train", "192", "--json"]
+        cfg = RunConfig(model="speednet", image_size=16, batch_size=16, limit_train=192, limit_test=64, epochs=1,
+                        num_workers=0)
+        argv = ["--device", "cpu", "--repeats", "1", "--batch-size", "16", "--image-size", "16", "--limit-train", "192",
+                "--json"]
     else:
         cfg = RunConfig(model="resnet18", image_size=32, precision="bf16", channels_last=True, pipeline="gpu",
                         batch_size=256, limit_train=15360, limit_test=2000, epochs=1)

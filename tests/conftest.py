@@ -34,3 +34,15 @@ def tiny_config(**changes):
 def pytest_configure(config):
     if not FASHION.exists() and not os.environ.get("OPTLAB_DATA"):
         raise pytest.UsageError("Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist")
+
+
+# `make test` runs two pytest processes, each taking whole files in collection order. The files
+# that take longest start first, so the two finish together instead of one idling while the
+# other works through a long file it picked up last. Order within a file is kept (sort is stable).
+SLOW_FIRST = ("test_gpu_suite.py", "test_browser.py", "test_browser_room.py", "test_app.py",
+              "test_compress_openvino.py", "test_scheduler.py", "test_cli.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -1,7 +1,7 @@
 """A small room in a real browser: two people in separate browser contexts and the instructor in a
 third, against `streamlit run app.py` in workshop mode with its scheduler. Names survive a reload,
 a lesson's runs train and reach the room board, a participant is refused when deleting another's
-run, the instructor is allowed, a shared-setup link fills the Lab form. Screenshots go to tests/artifacts/ (git-ignored)."""
+run, the instructor is allowed, a shared-setup link fills the Lab form. With OPTLAB_SCREENSHOTS=1, screenshots go to tests/artifacts/ (git-ignored)."""
 import json
 from pathlib import Path
 

@@ -124,3 +124,13 @@ def test_synthetic_data_says_accuracy_does_not_apply():
     ds = DATASETS.get("synthetic")(RunConfig(dataset="synthetic", limit_train=64, limit_test=16, image_size=32))
     assert not ds.accuracy_applies
     assert ds.train_x.shape == (64, 3, 32, 32)
+
+
+def test_a_file_read_again_comes_from_memory_as_a_copy(tmp_path):
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 1, 2, 3]))
+    first = read_idx(path)
+    first[0, 0, 0, 0] = 99                       # a caller's change stays in its copy
+    assert read_idx(path).tolist() == [[[[0, 1]]], [[[2, 3]]]]
+    path.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 7, 7]))
+    assert read_idx(path).tolist() == [[[[7, 7]]]]   # a rewritten file is read again
