@@ -22,6 +22,9 @@ SIZES = ((540, 0), (540, 120), (800, 0), (800, 120), (1100, 0), (1100, 120))
 CHAR_WIDTH = 0.6     # a character's width as a share of the font size (Plotly's default sans font)
 LINE_HEIGHT = 1.25
 GAP = 3              # pixels between a marker's edge and its label
+# Clearance kept around a label when choosing its side: CHAR_WIDTH is an average, and a browser's
+# glyphs for a given name can run a few pixels wider (seen: one overlap in the browser test, under load)
+CLEARANCE = 4
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class Box:
 
     def hits(self, other: "Box") -> bool:
         return self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
+
+    def grown(self, by: float) -> "Box":
+        return Box(self.x0 - by, self.y0 - by, self.x1 + by, self.y1 + by)
 
     def inside(self, width: float, height: float) -> bool:
         return self.x0 >= 0 and self.y0 >= 0 and self.x1 <= width and self.y1 <= height
@@ -105,7 +111,7 @@ def place(xs: list[float], ys: list[float], radii: list[float], texts: list[str]
 
 
 def _free(box: Box, i: int, pixels, radii, taken: list[Box], area: tuple[float, float]) -> bool:
-    if not box.inside(*area) or any(box.hits(other) for other in taken):
+    if not box.inside(*area) or any(box.grown(CLEARANCE).hits(other) for other in taken):
         return False
     return not any(j != i and box.hits(_marker_box(px, py, radii[j])) for j, (px, py) in enumerate(pixels))
 
