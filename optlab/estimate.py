@@ -182,7 +182,7 @@ def _time_steps(cfg: RunConfig, facts: DataFacts, info, batch: int) -> Calibrati
 
     from optlab.models import MODELS, build_model
     from optlab.pipeline import memory_format
-    from optlab.train import setup_optimizer, setup_precision
+    from optlab.train import optimizer_step, setup_optimizer, setup_precision
 
     device = torch.device("cuda", info.index or 0) if info.is_gpu else torch.device("cpu")
     spec = MODELS.get(cfg.model)
@@ -208,12 +208,7 @@ def _time_steps(cfg: RunConfig, facts: DataFacts, info, batch: int) -> Calibrati
         def step():
             if _STOP.is_set():
                 raise _Stopped()
-            with precision.autocast():
-                loss = loss_fn(model(x), y)
-            precision.scaler.scale(loss).backward()
-            precision.scaler.step(optimizer)
-            precision.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, loss_fn, optimizer, precision, x, y)
 
         model.train()
         step()                      # untimed: allocation, autotuning

@@ -31,7 +31,7 @@ from optlab.models import MODELS, build_model, count_parameters
 from optlab.pipeline import make_pipeline, memory_format, normalisation, to_model_input
 from optlab.stats import throughput_figures
 from optlab.store import Store, StoreError
-from optlab.train import RunCancelled, evaluate, setup_optimizer, setup_precision, train
+from optlab.train import RunCancelled, evaluate, optimizer_step, setup_optimizer, setup_precision, train
 
 USER_ERRORS = (ConfigError, DataError)
 
@@ -320,12 +320,7 @@ def find_batch_size(model, ds, cfg, device, precision, opt_name, lr, wd, size) -
         return x, ds.train_y[idx].to(device)
 
     def step(opt, x, y):
-        with precision.autocast():
-            loss = criterion(model(x), y)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(opt)
-        precision.scaler.update()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, criterion, opt, precision, x, y)
 
     def trial(n, with_eval=False) -> dict | None:
         opt, _ = setup_optimizer(model, opt_name, lr, wd, n, 10, 0.1)

@@ -124,6 +124,18 @@ class TrainResult:
     train_seconds: float
 
 
+def optimizer_step(model: nn.Module, criterion, optimizer, precision: Precision, x, y) -> torch.Tensor:
+    """One training step outside the timed loop (batch-size trials, the Lab's calibration): forward
+    under the run's autocast, scaled backward, optimizer step, gradients cleared. The loss."""
+    with precision.autocast():
+        loss = criterion(model(x), y)
+    precision.scaler.scale(loss).backward()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 # -- evaluation --------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, autocast) -> float:
