@@ -24,6 +24,7 @@ pages = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/format_list_bulleted:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/insights:"),
     st.Page("app_pages/profile.py", title="Profile", icon=":material/speed:"),
+    st.Page("app_pages/tune.py", title="Autotune", icon=":material/tune:"),
     st.Page("app_pages/workshop.py", title="Workshop", icon=":material/groups:"),
 ]
 page = st.navigation(pages)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from optlab import charts, report, views
+from app_pages import _ladder
+from optlab import charts, ladder, report, views
 from optlab.store import Store
 
 OUTCOMES = [("train_images_per_s", "images/s"), ("test_accuracy", "accuracy %"), ("peak_memory_mb", "peak MB")]
@@ -121,6 +122,8 @@ else:
         elif on and not on[0].startswith("GPU"):
             st.info(f"All figures below are **CPU figures** ({on[0]}), not GPU figures.", icon=":material/computer:")
 
+        if mode == "A sweep" and ladder.is_ladder(sweep):     # a ladder reads rung by rung first
+            _ladder.draw(sweep_members(sweep))
         baseline_id = st.selectbox("Baseline for speed-up", [r["id"] for r in rows], format_func=label_of.get,
                                    help="Speed-ups are this run's (or repeat group's) training throughput divided "
                                         "into each run's.")

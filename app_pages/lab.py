@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages import _room
+from app_pages import _ladder, _room
 from optlab import fit, naming, repeats, views
 from optlab.compress import METHODS, available_methods
 from optlab.config import OPTIMIZERS, PRESETS, ConfigError, RunConfig
@@ -200,6 +200,8 @@ with st.container(border=True):
     launch = st.container(horizontal=True)
     launch_one = launch.button("Launch run", type="primary", icon=":material/rocket_launch:")
     launch_sweep = launch.button("Launch sweep", icon=":material/grid_view:")
+    ladder_slot = launch.popover("Ladder", icon=":material/stairs:",
+                                 help="Climb from these settings one knob at a time and see what each one added.")
 
 values = state["_lab_values"] = {name: state.get(key(name), values[name]) for name in values}
 _room.share_link(values)
@@ -282,6 +284,14 @@ with checks:
             st.error(views.md_text(e), icon=":material/error:")
         else:
             draw_checks(form)
+
+with ladder_slot:
+    try:
+        ladder_start = views.config_from_form(values)
+    except ConfigError:                  # the form's own check above names the value
+        st.caption("Fix the form first: the ladder climbs from its settings.")
+    else:
+        _ladder.launch_panel(store, ladder_start, info, "lab")
 
 
 # -- launch ---------------------------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages import _room
+from app_pages import _ladder, _room
 from optlab import bundle, caveats, charts, naming, repeats, report, views
 from optlab.cli import summary_rows
 from optlab.compress import METHODS, available_methods
 from optlab.compress.background import CompressBusy, busy_reason, start
 from optlab.compress.background import state as compression
+from optlab.config import RunConfig
 from optlab.store import Store
 
 REFRESH_S = 2
@@ -152,6 +153,9 @@ if run.status == "done":
                 st.rerun()
             except CompressBusy as e:
                 st.error(str(e))
+with buttons.popover("Ladder", icon=":material/stairs:",
+                     help="Climb from this run's settings one knob at a time and see what each one added."):
+    _ladder.launch_panel(store, RunConfig.from_dict(run.config), st.session_state["device_info"], f"run{run.id}")
 with buttons.popover("Delete", icon=":material/delete:", disabled=not run.finished,
                      help="Remove this run, its figures and its files."):
     st.write(f"Delete run #{run.id} and its artifacts? This cannot be undone.")

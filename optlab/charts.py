@@ -168,6 +168,61 @@ def pareto_scatter(rows: list[dict]):
     return fig
 
 
+def tuning_scatter(result: dict):
+    """An autotuning (optlab.autotune.result): each trial's speed against its accuracy, the trials
+    over the accuracy budget crossed out, the budget's floor, the reference run, the winner and the
+    Pareto front of everything tried. The x axis is the objective's speed figure (images/s, or ms of
+    latency where lower is better: then the axis is reversed, so right is still faster)."""
+    import plotly.graph_objects as go
+
+    objective, ref = result["objective"], result["reference"]
+    measured = [t for t in result["trials"] if t["speed"] is not None and t["accuracy"] is not None]
+    fig = go.Figure()
+    for kept, name, colour, symbol in ((True, "within the budget", PALETTE[0], "circle"),
+                                       (False, "over the budget (never the winner)", PALETTE[1], "x")):
+        group = [t for t in measured if bool(t["within_budget"]) == kept]
+        if group:
+            fig.add_trace(go.Scatter(
+                x=[t["speed"] for t in group], y=[_pct(t["accuracy"]) for t in group], mode="markers+text",
+                name=name, text=[f"trial {t['number'] + 1}" for t in group], textposition="top center",
+                cliponaxis=False, marker=dict(size=12, color=colour, symbol=symbol, line=dict(width=1, color="white")),
+                customdata=[[t["run_id"], ", ".join(f"{k}={v}" for k, v in t["params"].items())] for t in group],
+                hovertemplate="<b>%{text}</b> (run #%{customdata[0]})<br>%{customdata[1]}<br>%{x:,.2f} "
+                              + objective["unit"] + "<br>%{y:.2f} % accuracy<extra></extra>"))
+    front = [t for t in measured if t["number"] in result["pareto"]]
+    if front:
+        front.sort(key=lambda t: t["speed"])
+        fig.add_trace(go.Scatter(x=[t["speed"] for t in front], y=[_pct(t["accuracy"]) for t in front],
+                                 mode="lines", name="Pareto front of everything tried", hoverinfo="skip",
+                                 line=dict(color="#444", dash="dash", width=2),
+                                 line_shape="hv" if objective["higher_is_better"] else "vh"))
+    winner = result["winner"]
+    if winner:
+        fig.add_trace(go.Scatter(x=[winner["speed"]], y=[_pct(winner["accuracy"])], mode="markers",
+                                 name=f"winner: trial {winner['number'] + 1}", hoverinfo="skip",
+                                 marker=dict(symbol="star", size=24, color=PALETTE[2], line=dict(width=1, color="#222"))))
+    if ref["speed"] is not None and ref["accuracy"] is not None:
+        fig.add_trace(go.Scatter(x=[ref["speed"]], y=[_pct(ref["accuracy"])], mode="markers",
+                                 name=f"reference: run #{ref['run_id']}",
+                                 marker=dict(symbol="diamond", size=14, color="#222"),
+                                 hovertemplate=f"run #{ref['run_id']}<br>%{{x:,.2f}} {objective['unit']}"
+                                               "<br>%{y:.2f} %<extra></extra>"))
+    if ref["floor"] is not None:
+        fig.add_hline(y=_pct(ref["floor"]), line_dash="dot", line_color=PALETTE[1],
+                      annotation_text="accuracy budget", annotation_position="bottom right")
+    speeds = [t["speed"] for t in measured] + ([ref["speed"]] if ref["speed"] is not None else [])
+    accuracies = [_pct(t["accuracy"]) for t in measured] + [_pct(v) for v in (ref["accuracy"], ref["floor"]) if v is not None]
+    span = labels.padded_range(speeds, from_zero=True)
+    if span and not objective["higher_is_better"]:
+        span = [span[1], span[0]]          # lower latency is faster: reversed, so right is still better
+    fig.update_xaxes(title_text=f"{objective['title'][:1].upper()}{objective['title'][1:]} ({objective['unit']})",
+                     range=span)
+    fig.update_yaxes(title_text="Test accuracy (%)", range=labels.padded_range(accuracies))
+    devices = [t.get("device_label") for t in measured]
+    return _finish(fig, "Autotuning: speed vs accuracy", devices, height=520,
+                   note="right is faster" + ("" if objective["higher_is_better"] else " (lower latency)"))
+
+
 def _place_labels(fig) -> None:
     """Point labels where they overlap nothing (optlab.labels); where none fits, the name is left
     to the hover and a note says so."""
@@ -230,6 +285,49 @@ def speedup_bars(rows: list[dict], baseline: dict):
     _run_ticks(fig, [r.get("label", "") for r in usable], "Run · error bar: 95 % interval of the ratio")
     return _finish(fig, "Training speed-up", [r.get("device_label") for r in usable + [baseline]],
                    legend_on_top=True, note=f"1.0 = baseline {_clip(baseline.get('label', ''), 40)}")
+
+
+def ladder_bars(rows: list[dict]):
+    """The ablation ladder (optlab.ladder.rows): each rung's cumulative speed-up over the baseline,
+    error bar its 95 % interval, the bar coloured by what *this rung* added against the rung below
+    (grey: nothing measurable at this spread), and the per-rung ratio written under each bar."""
+    import plotly.graph_objects as go
+
+    drawn = [r for r in rows if r["index"] == 0 or (r["cumulative"] and r["cumulative"]["ratio"])]
+    bars = []
+    for r in drawn:
+        if r["index"] == 0:
+            bars.append(dict(ratio=1.0, lo=None, hi=None, verdict="baseline", step=None))
+            continue
+        ci = r["cumulative"]["ci95"]
+        step = r["step"] if r["step"] and r["step"]["ratio"] else None
+        bars.append(dict(ratio=r["cumulative"]["ratio"], lo=ci[0] if ci else None, hi=ci[1] if ci else None,
+                         verdict=step["verdict"] if step else "no interval", step=step))
+    tallest = max([b["ratio"] for b in bars] + [1.0])
+    top = 1.25 * max([tallest] + [b["hi"] for b in bars if b["hi"] is not None and b["hi"] <= 3 * tallest])
+    names = [r["label"] for r in drawn]
+    fig = go.Figure(go.Bar(
+        x=names, y=[b["ratio"] for b in bars], name="cumulative speed-up", showlegend=False,
+        error_y=_error([{"v": b["ratio"], "v_ci95": (b["lo"], min(b["hi"], 10 * top)) if b["lo"] is not None else None}
+                        for b in bars], "v"),
+        marker=dict(color=[VERDICT_COLOURS[b["verdict"]] for b in bars],
+                    pattern=dict(shape=["/" if r.get("thin") else "" for r in drawn], fgcolor="#333", solidity=0.3)),
+        customdata=[[_ratio_interval_text(b), (f"{b['step']['ratio']:.2f}× the rung below: "
+                                               + VERDICT_WORDS[b["step"]["verdict"]]) if b["step"] else "",
+                     r.get("train_images_per_s") or 0] for r, b in zip(drawn, bars)],
+        hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline (95 % interval %{customdata[0]})"
+                      "<br>%{customdata[1]}<br>%{customdata[2]:,.0f} images/s<extra></extra>"))
+    for call in [v for v in VERDICT_COLOURS if v in {b["verdict"] for b in bars}]:
+        word = "this rung: " + VERDICT_WORDS[call] if call != "baseline" else VERDICT_WORDS[call]
+        fig.add_trace(go.Bar(x=[None], y=[None], name=word, marker_color=VERDICT_COLOURS[call]))
+    _bar_labels(fig, names, ["1.00×" if b["step"] is None and b["verdict"] == "baseline" else
+                             f"{b['ratio']:.2f}×" + (f" (step {b['step']['ratio']:.2f}×)" if b["step"] else "")
+                             for b in bars])
+    fig.add_hline(y=1, line_dash="dash", line_color="#444")
+    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
+    _run_ticks(fig, names, "Rung, each on top of the ones before · error bar: 95 % interval")
+    return _finish(fig, "Ablation ladder", [r.get("device_label") for r in drawn], legend_on_top=True,
+                   note="bar: cumulative speed-up; colour: what the rung itself added", height=500)
 
 
 def _ratio_interval_text(bar: dict) -> str:

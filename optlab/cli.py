@@ -416,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_command_modules() -> None:
     """Modules that add subcommands (queue, compress, trace, ...) register on import."""
     import importlib
-    for module in ("optlab.jobs_cli", "optlab.profiling_cli", "optlab.compress.cli", "optlab.report_cli"):
+    for module in ("optlab.jobs_cli", "optlab.profiling_cli", "optlab.compress.cli", "optlab.report_cli",
+                   "optlab.ladder_cli", "optlab.autotune_cli"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -217,8 +217,8 @@ def _header(page: _Page, runs: list[Run], title: str) -> None:
     if len(devices) > 1:
         page.add('<p class="note warn">These runs were measured on different devices: speed and memory '
                  "differences mix the knobs with the hardware.</p>")
-    elif devices and not devices[0].startswith("GPU"):
-        page.add(f'<p class="note">All figures are <b>CPU figures</b> ({e(devices[0])}), not GPU figures.</p>')
+    if devices and not any(d.startswith("GPU") for d in devices):
+        page.add(f'<p class="note">All figures are <b>CPU figures</b> ({e(" · ".join(devices))}), not GPU figures.</p>')
     page.add('<nav class=toc>Contents: <a href="#what">what was run</a> · <a href="#devices">devices</a> · '
              '<a href="#figures">headline figures</a>' + (' · <a href="#compare">comparison</a>' if len(runs) > 1 else "")
              + "".join(f' · <a href="#run-{r.id}">#{r.id}</a>' for r in runs[:30])

@@ -356,8 +356,22 @@ class Scheduler:
             self._stop.wait(self.poll_s)
 
     def idle(self) -> bool:
+        """Nothing queued, nothing running, and no tuning that will queue more trials."""
+        from optlab import autotune
         with self._tick_lock:
-            return not self.jobs and not self.store.list(status="queued", limit=1)
+            return not self.jobs and not self.store.list(status="queued", limit=1) \
+                and not autotune.tunings(self.store, active=True)
+
+    def _advance_tunings(self) -> None:
+        """The autotuner's round (optlab.autotune): finished trials told, the next ones queued. A
+        tuning that fails is ended with the reason; the queue goes on."""
+        from optlab import autotune
+        for tuning in autotune.tunings(self.store, active=True):   # Optuna is loaded only for one under way
+            try:
+                autotune.advance(self.store, tuning.id)
+            except Exception as e:
+                log.exception("tuning %s failed", tuning.id)
+                autotune.end_failed(self.store, tuning.id, f"{type(e).__name__}: {e}")
 
     # -- one round ----------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -371,6 +385,7 @@ class Scheduler:
                 self._watch(starting=not self._recovered)
                 self._recovered = True
                 self._reap()
+                self._advance_tunings()
                 self._enforce_budget()
                 self._enforce_cancels()
                 if fairuse.paused(self.store) is None:

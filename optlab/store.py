@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id);
+CREATE TABLE IF NOT EXISTS tunings (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    user TEXT NOT NULL DEFAULT '',
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    note TEXT,
+    confirm_ids TEXT
+);
 """
 
 _JSON_COLUMNS = ("config", "device", "summary", "progress", "origin")

@@ -5,6 +5,14 @@ import pytest
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
+# Under `make test` (pytest-xdist) each test process gets its share of the cores, as the scheduler
+# gives each of its slots (optlab.hostload reads OMP_NUM_THREADS): two processes of two threads each
+# on two cores wait on each other at every OpenMP barrier. Set before any test module loads torch;
+# the runs, servers and workers a test starts inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
