@@ -42,7 +42,7 @@ with st.expander("Start a tuning", expanded=not autotune.tunings(store), icon=":
                                 help="How many points of test accuracy a trial may lose against the run above.")
         trials = b.number_input("Trials", 1, autotune.MAX_TRIALS, 8, key="tune_trials")
         minutes = c.number_input("At most (minutes, 0 = no limit)", 0, 24 * 60, 0, key="tune_minutes")
-        confirm = d.number_input("Confirmation runs", 0, 10, 2, key="tune_confirm",
+        confirm = d.number_input("Confirmation runs", 0, 10, 3, key="tune_confirm",
                                  help="Runs each for the winner and the runner-up at the end: their verdict then "
                                       "rests on repeats, not on one run each.")
         if st.button("Start tuning", type="primary", icon=":material/rocket_launch:", key="tune_start",
@@ -88,8 +88,8 @@ def tuning_view(tuning_id: str) -> None:
         st.plotly_chart(charts.tuning_scatter(out), theme=None, key="tuning")
     if out["winner"]:
         w = out["winner"]
-        st.success(f"**Winner: trial {w['number'] + 1}** (run #{w['run_id']}): "
-                   f"{views.md_text(autotune.describe(w['params'], info))} · {autotune.speed_word(objective, w['speed'])} · "
+        st.success(f"**Winner: trial {w['index']}** (run #{w['run_id']}): "
+                   f"{views.md_text(autotune.describe(w['params'], out['device']))} · {autotune.speed_word(objective, w['speed'])} · "
                    f"{100 * w['accuracy']:.1f} % accuracy (reference {autotune.speed_word(objective, ref['speed'])}, "
                    f"{100 * ref['accuracy']:.1f} %)", icon=":material/emoji_events:")
         c = out["confidence"]
@@ -97,11 +97,13 @@ def tuning_view(tuning_id: str) -> None:
                  "within run": "within-run intervals only: run-to-run noise left out",
                  "no interval": "no interval"}.get(c.get("basis"), c.get("basis") or "")
         st.markdown(f"Against the runner-up: {views.md_text(c['text'])}" + (f" ({basis})" if basis else ""))
-    st.dataframe([{"trial": x["number"] + 1, "run": x["run_id"], "state": x["state"],
-                   "settings": autotune.describe(x["params"], info), objective.unit: x["speed"],
+    st.dataframe([{"trial": x["index"], "run": x["run_id"], "state": x["state"],
+                   "settings": autotune.describe(x["params"], out["device"]), objective.unit: x["speed"],
                    "accuracy %": None if x["accuracy"] is None else round(100 * x["accuracy"], 2),
                    "within budget": x["within_budget"], "Pareto": x["number"] in out["pareto"],
-                   "why it failed": x["error"]} for x in out["trials"]], hide_index=True, placeholder=views.MISSING)
+                   "why it failed": x["error"]} for x in out["trials"]], hide_index=True, placeholder=views.MISSING,
+                 column_config={objective.unit: st.column_config.NumberColumn(
+                     format="%,.0f" if objective.higher_is_better else "%.2f")})
     cols = st.columns(2)
     cols[0].page_link("app_pages/compare.py", label="Compare these trials", icon=":material/insights:",
                       query_params={"sweep": tuning_id})

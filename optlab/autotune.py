@@ -32,6 +32,7 @@ from optlab.stats import compare, summarize_repeats
 
 PREFIX = "tune-"
 MAX_TRIALS = 40
+MAX_REPEATED = 25   # settings the sampler proposes again in one round before the space counts as exhausted
 STATES = ("searching", "confirming", "done", "stopped")
 ACTIVE = ("searching", "confirming")
 
@@ -208,8 +209,15 @@ def _study(store, tuning: Tuning):
     import optuna
     objective = OBJECTIVES.get(tuning.spec.objective)
     # TPE reads each finished trial's constraint (set in `_tell`): it learns where the budget holds
-    sampler = optuna.samplers.TPESampler(seed=tuning.spec.seed, n_startup_trials=min(5, tuning.spec.trials))
-    return optuna.create_study(storage=_storage(store), study_name=tuning.id, sampler=sampler, load_if_exists=True,
+    # seeded anew for each round, past the trials so far: a sampler made again with the same seed (the
+    # next round, or another process) would draw the same first settings again
+    storage = _storage(store)
+    try:
+        asked = len(storage.get_all_trials(storage.get_study_id_from_name(tuning.id), deepcopy=False))
+    except KeyError:
+        asked = 0
+    sampler = optuna.samplers.TPESampler(seed=tuning.spec.seed + asked, n_startup_trials=min(5, tuning.spec.trials))
+    return optuna.create_study(storage=storage, study_name=tuning.id, sampler=sampler, load_if_exists=True,
                                direction="maximize" if objective.higher_is_better else "minimize")
 
 
@@ -317,34 +325,46 @@ def advance(store, tuning_id: str, *, device_for=None) -> None:
         if run is None or run.finished:
             _tell(_storage(store), study, trial, run, objective, floor)
     if tuning.state == "searching":
-        trials = study.get_trials(deepcopy=False)
+        from optlab.fairuse import Refused, admit_many
+        trials = [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]
+        tried = {_key(t.params): t for t in trials if "run_id" in t.user_attrs}
         in_flight = sum(t.state == TrialState.RUNNING for t in trials)
         out_of_time = spec.minutes is not None and time.time() > tuning.created_at + 60 * spec.minutes
         base = RunConfig.from_dict(ref.config).replace(repeats=1, profile=False)
         if spec.objective == "training":
             base = base.replace(compress=[])
         info = device_for(base)
-        while not out_of_time and len(trials) < spec.trials and in_flight < spec.parallel:
+        repeated = 0
+        while not out_of_time and len(trials) < spec.trials and in_flight < spec.parallel and repeated < MAX_REPEATED:
+            try:
+                admit_many(store, [base], tuning.user)     # the room's limits: wait for a later round
+            except Refused:
+                break
             trial = study.ask()
             cfg = base
             for name in spec.searched:
                 k = KNOBS.get(name)
                 cfg = k.apply(cfg, trial.suggest_categorical(name, k.choices(base, info)))
+            if _key(trial.params) in tried:    # settings already run: told failed, not run again, not counted
+                trial.set_user_attr("duplicate_of", tried[_key(trial.params)].number)
+                study.tell(trial, state=TrialState.FAIL)
+                repeated += 1
+                continue
             trial.set_user_attr("config", cfg.to_dict())
             try:
                 cfg.validate(device_for(cfg))
-                from optlab.fairuse import admit_many
                 admit_many(store, [cfg], tuning.user)
             except ConfigError as e:
                 trial.set_user_attr("error", str(e))
                 study.tell(trial, state=TrialState.FAIL)
             else:
-                label = f"trial {trial.number + 1} · " + describe(trial.params, info)
-                run_id = store.submit(cfg, user=tuning.user, sweep_id=tuning_id, label=label)
-                trial.set_user_attr("run_id", run_id)
+                label = f"trial {len(trials) + 1} · " + describe(trial.params, info.kind)
+                trial.set_user_attr("run_id", store.submit(cfg, user=tuning.user, sweep_id=tuning_id, label=label))
+                tried[_key(trial.params)] = trial
                 in_flight += 1
-            trials = study.get_trials(deepcopy=False)
-        if in_flight == 0 and (out_of_time or len(trials) >= spec.trials):
+            trials.append(trial)
+        exhausted = repeated >= MAX_REPEATED
+        if in_flight == 0 and (out_of_time or exhausted or len(trials) >= spec.trials):
             _confirm(store, tuning, study, objective, floor)
     elif tuning.state == "confirming":
         runs = [store.get(i) for i in tuning.confirm_ids]
@@ -352,9 +372,13 @@ def advance(store, tuning_id: str, *, device_for=None) -> None:
             _set(store, tuning_id, state="done", note="the winner and the runner-up were run again: see the verdict")
 
 
-def describe(params: dict, info=None) -> str:
-    """A trial's settings in the words run names use: 'bf16 · channels-last · bs=256'."""
-    device = ("cuda" if info.is_gpu else "cpu") if info is not None else None
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def describe(params: dict, device: str | None = None) -> str:
+    """A trial's settings in the words run names use ('bf16 · channels-last · bs=256'); `device`
+    ('cpu', 'cuda') names the input pipeline for where it ran."""
     return " · ".join(v if k == "compression" else knob_word(k, v, device) for k, v in params.items()) or "as the reference"
 
 
@@ -388,7 +412,7 @@ def _confirm(store, tuning: Tuning, study, objective: Objective, floor: float) -
     items = []
     for role, t in (("winner", ranked[0]), ("runner-up", ranked[1])):
         cfg = RunConfig.from_dict(t["config"]).replace(repeats=tuning.spec.confirm)
-        items.append((cfg, f"confirm {role} · trial {t['number'] + 1}"))
+        items.append((cfg, f"confirm {role} · trial {t['index']}"))
     ids = repeats.queue(store, items, user=tuning.user, sweep_id=tuning.id)
     _set(store, tuning.id, state="confirming", confirm_ids=ids)
 
@@ -405,10 +429,10 @@ def trials_of(store, tuning: Tuning) -> list[dict]:
         ref_accuracy = ref.summary.get("test_accuracy")
     floor = None if ref_accuracy is None else ref_accuracy - tuning.spec.budget_points / 100
     out = []
-    for t in study.get_trials(deepcopy=False):
+    for t in [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]:
         run = store.get(t.user_attrs.get("run_id", -1)) if "run_id" in t.user_attrs else None
         speed, accuracy, ci = objective.figures(run) if run is not None and run.status == "done" else (None, None, None)
-        out.append({"number": t.number, "state": t.state.name.lower(), "params": dict(t.params),
+        out.append({"number": t.number, "index": len(out) + 1, "state": t.state.name.lower(), "params": dict(t.params),
                     "config": t.user_attrs.get("config"), "run_id": t.user_attrs.get("run_id"),
                     "run_status": run.status if run else None, "error": t.user_attrs.get("error"),
                     "speed": speed, "speed_ci95": ci, "accuracy": accuracy,
@@ -441,7 +465,8 @@ def result(store, tuning_id: str) -> dict:
     ref_speed, ref_accuracy, ref_ci = objective.figures(ref) if ref else (None, None, None)
     if tuning.spec.objective == "training" and ref:
         ref_accuracy = ref.summary.get("test_accuracy")
-    return {"tuning": asdict(tuning), "objective": asdict(objective), "reference": {
+    return {"tuning": asdict(tuning), "objective": asdict(objective), "device": (ref.summary or {}).get("device") if ref else None,
+            "reference": {
                 "run_id": tuning.spec.reference, "speed": ref_speed, "speed_ci95": ref_ci, "accuracy": ref_accuracy,
                 "floor": None if ref_accuracy is None else ref_accuracy - tuning.spec.budget_points / 100},
             "trials": trials, "winner": ranked[0] if ranked else None, "runner_up": ranked[1] if len(ranked) > 1 else None,

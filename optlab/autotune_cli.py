@@ -83,12 +83,12 @@ def _show(tuning_id: str, as_json: bool) -> int:
         budget = {True: "within budget", False: "OVER BUDGET", None: ""}[trial["within_budget"]]
         acc = "n/a" if trial["accuracy"] is None else f"{100 * trial['accuracy']:.1f} %"
         front = " · Pareto" if trial["number"] in out["pareto"] else ""
-        print(f"  trial {trial['number'] + 1:>2} run #{trial['run_id'] or '-':<5} {trial['state']:<8} "
-              f"{word(trial['speed']):>16} {acc:>8}  {budget}{front}  {safe(autotune.describe(trial['params']))}"
+        print(f"  trial {trial['index']:>2} run #{trial['run_id'] or '-':<5} {trial['state']:<8} "
+              f"{word(trial['speed']):>16} {acc:>8}  {budget}{front}  {safe(autotune.describe(trial['params'], out['device']))}"
               + (f"  ({safe(trial['error'])})" if trial["error"] else ""))
     if out["winner"]:
         w = out["winner"]
-        print(f"winner: trial {w['number'] + 1} (run #{w['run_id']}): {safe(autotune.describe(w['params']))}, "
+        print(f"winner: trial {w['index']} (run #{w['run_id']}): {safe(autotune.describe(w['params'], out['device']))}, "
               f"{word(w['speed'])}, {100 * w['accuracy']:.1f} %")
         print(f"against the runner-up: {out['confidence']['text']} ({out['confidence']['basis'] or 'no basis'})")
     else:

@@ -184,7 +184,7 @@ def tuning_scatter(result: dict):
         if group:
             fig.add_trace(go.Scatter(
                 x=[t["speed"] for t in group], y=[_pct(t["accuracy"]) for t in group], mode="markers+text",
-                name=name, text=[f"trial {t['number'] + 1}" for t in group], textposition="top center",
+                name=name, text=[f"trial {t['index']}" for t in group], textposition="top center",
                 cliponaxis=False, marker=dict(size=12, color=colour, symbol=symbol, line=dict(width=1, color="white")),
                 customdata=[[t["run_id"], ", ".join(f"{k}={v}" for k, v in t["params"].items())] for t in group],
                 hovertemplate="<b>%{text}</b> (run #%{customdata[0]})<br>%{customdata[1]}<br>%{x:,.2f} "
@@ -199,7 +199,7 @@ def tuning_scatter(result: dict):
     winner = result["winner"]
     if winner:
         fig.add_trace(go.Scatter(x=[winner["speed"]], y=[_pct(winner["accuracy"])], mode="markers",
-                                 name=f"winner: trial {winner['number'] + 1}", hoverinfo="skip",
+                                 name=f"winner: trial {winner['index']}", hoverinfo="skip",
                                  marker=dict(symbol="star", size=24, color=PALETTE[2], line=dict(width=1, color="#222"))))
     if ref["speed"] is not None and ref["accuracy"] is not None:
         fig.add_trace(go.Scatter(x=[ref["speed"]], y=[_pct(ref["accuracy"])], mode="markers",

@@ -4,14 +4,7 @@ from pathlib import Path
 import pytest
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-# Under `make test` (pytest-xdist) each test process gets its share of the cores, as the scheduler
-# gives each of its slots (optlab.hostload reads OMP_NUM_THREADS): two processes of two threads each
-# on two cores wait on each other at every OpenMP barrier. Set before any test module loads torch;
-# the runs, servers and workers a test starts inherit it.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +30,20 @@ def tiny_config(**changes):
                 limit_test=256, batch_size=64, num_workers=0, profile=False, image_size=16)
     base.update(changes)
     return RunConfig(**base)
+
+
+def open_page(monkeypatch, home, page: str, **query):
+    """One page of the app as AppTest renders it, on the store at `home` with the scheduler off and
+    `query` in the address; fails on any exception the page raised."""
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("OPTLAB_HOME", str(home))
+    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    for key, value in query.items():
+        at.query_params[key] = str(value)
+    at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def pytest_configure(config):

@@ -3,11 +3,10 @@ the budget never broken by the winner, the winner confirmed against the runner-u
 scheduler drives it, and the CLI and the Tune page start and show it."""
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import open_page, tiny_config
 from optlab import autotune, charts
 from optlab.cli import main
 from optlab.config import ConfigError, RunConfig
@@ -15,7 +14,6 @@ from optlab.device import DeviceInfo
 from optlab.runner import execute
 from optlab.store import Store
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 CPU = DeviceInfo("cpu", "x86_64 (2 threads)")
 H100 = DeviceInfo("cuda", "NVIDIA H100", capability=(9, 0), supports_bf16=True, supports_fp16=True)
 REFERENCE = dict(limit_train=256, limit_test=128, batch_size=16)
@@ -160,14 +158,8 @@ def test_tune_show_prints_the_trials_and_the_verdict(tuned, monkeypatch, capsys)
 
 
 def test_the_tune_page_draws_a_finished_tuning(tuned, monkeypatch):
-    from streamlit.testing.v1 import AppTest
     home, _, tuning_id = tuned
-    monkeypatch.setenv("OPTLAB_HOME", str(home))
-    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.query_params["tune"] = tuning_id
-    at.switch_page("app_pages/tune.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(monkeypatch, home, "tune", tune=tuning_id)
     assert any("Winner: trial" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) == 1
 
@@ -191,17 +183,20 @@ def test_the_cli_starts_a_tuning_that_queues_its_first_trial_and_stops_it(tuned,
     assert main(["tune", "--budget", "1"]) == 2
 
 
-def test_the_scheduler_asks_for_the_next_trial_when_one_finishes(tmp_path):
+def test_the_scheduler_asks_for_the_next_trial_until_the_space_is_exhausted(tmp_path):
     from optlab.scheduler import Scheduler
     store = Store(tmp_path / "sched")
     ref = store.submit(tiny_config(**REFERENCE))
     execute(store, ref)
     tuning = autotune.start(store, autotune.Spec(reference=ref, budget_points=100.0, knobs=["channels_last"],
-                                                 trials=2, confirm=0), device_for=on_cpu)
+                                                 trials=3, confirm=0), device_for=on_cpu)
     assert len(store.list(sweep_id=tuning.id)) == 1            # one at a time (parallel=1)
     assert Scheduler(store, slots=1, poll_s=0.2).run_until_idle(timeout_s=240)
     runs = store.list(sweep_id=tuning.id, newest_first=False)
+    # channels_last has two settings: each is run once, a setting proposed again is not run again
     assert [r.status for r in runs] == ["done", "done"], [r.error for r in runs]
+    assert sorted(r.config["channels_last"] for r in runs) == [False, True]
+    assert [t["index"] for t in autotune.result(store, tuning.id)["trials"]] == [1, 2]
     done = autotune.get(store, tuning.id)
     assert done.state == "done" and done.note == "no confirmation runs were asked for"
     assert autotune.result(store, tuning.id)["winner"] is not None

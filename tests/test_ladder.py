@@ -1,18 +1,16 @@
 """The ablation ladder: rung order per device, rung configs, a ladder of tiny CPU runs read back with
 its speed-ups and verdicts, drawn on Compare, queued from the Runs page and the CLI."""
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import open_page, tiny_config
 from optlab import charts, ladder
 from optlab.cli import main
 from optlab.config import ConfigError, preset
 from optlab.device import DeviceInfo
 from optlab.store import Store
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 H100 = DeviceInfo("cuda", "NVIDIA H100", capability=(9, 0), supports_bf16=True, supports_fp16=True,
                   has_tensor_cores=True)
 T4 = DeviceInfo("cuda", "Tesla T4", capability=(7, 5), supports_bf16=False, supports_fp16=True)
@@ -83,7 +81,7 @@ def climbed(tmp_path_factory):
     from optlab.runner import execute
     home = tmp_path_factory.mktemp("ladder-home")
     store = Store(home)
-    start = tiny_config(limit_train=512, limit_test=128, batch_size=32, repeats=2, profile=True,
+    start = tiny_config(limit_train=256, limit_test=128, batch_size=16, repeats=2, profile=True,
                         compress=[{"method": "int8_dynamic"}])
     steps = ladder.plan(start, ["data_on_device", "channels_last"], "cpu")
     ladder_id, ids = ladder.submit(store, steps, user="ada", device_for=lambda c: CPU)
@@ -150,14 +148,8 @@ def test_ladder_show_prints_the_rungs_and_the_lesson(climbed, monkeypatch, capsy
 
 
 def test_compare_draws_the_ladder_for_its_link(climbed, monkeypatch):
-    from streamlit.testing.v1 import AppTest
     home, ladder_id, _ = climbed
-    monkeypatch.setenv("OPTLAB_HOME", str(home))
-    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.query_params["sweep"] = ladder_id
-    at.switch_page("app_pages/compare.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_page(monkeypatch, home, "compare", sweep=ladder_id)
     assert "Ablation ladder" in [h.value for h in at.subheader]
     assert [c.proto.id for c in at.get("plotly_chart")][:1] and any(
         "ladder" in (c.proto.id or "") for c in at.get("plotly_chart"))
@@ -188,15 +180,9 @@ def test_the_cli_queues_a_ladder_from_a_run_with_its_repeats(climbed, tmp_path, 
 
 def test_the_runs_page_queues_a_ladder_and_opens_it(climbed, tmp_path, monkeypatch):
     import shutil
-
-    from streamlit.testing.v1 import AppTest
     home = tmp_path / "copy"
     shutil.copytree(climbed[0], home)
-    monkeypatch.setenv("OPTLAB_HOME", str(home))
-    monkeypatch.setenv("OPTLAB_SCHEDULER", "0")
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    at.query_params["run"] = str(climbed[2][0])
-    at.switch_page("app_pages/runs.py").run()
+    at = open_page(monkeypatch, home, "runs", run=climbed[2][0])
     key = f"run{climbed[2][0]}"
     at.multiselect(key=f"ladder_rungs_{key}").set_value(["channels_last"]).run()
     at.number_input(key=f"ladder_repeats_{key}").set_value(2).run()
