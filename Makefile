@@ -35,9 +35,11 @@ workshop: $(STAMP)
 # Two pytest processes (pytest-xdist, one test file each at a time): the suite waits on browsers,
 # servers and worker processes as much as it computes. OpenMP threads sleep instead of spinning
 # while they wait, so two processes sharing the cores do not slow each other down several-fold.
+# Files are handed out in collection order (tests/conftest.py puts the longest first), not
+# xdist's default of the files with the most tests first, which left two long files for the end.
 TEST_PROCS ?= 2
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder
 
 cli: $(STAMP)
 	$(PY) -m optlab run --preset cpu-quick

@@ -28,8 +28,8 @@ def trained_home(tmp_path_factory):
     """A store holding a two-run precision sweep, one more run, and one run that failed."""
     home = tmp_path_factory.mktemp("trained")
     store = Store(home)
-    # 16 px: bf16 has no native kernels on this kind of CPU (about 17x slower than fp32 at 28 px)
-    base = tiny_config(limit_train=128, limit_test=128, batch_size=32, epochs=2, image_size=16)
+    # 8 px: bf16 has no native kernels on this kind of CPU (about 17x slower than fp32 at 28 px)
+    base = tiny_config(limit_train=128, limit_test=128, batch_size=32, epochs=2, image_size=8)
     _, ids = submit_sweep(store, expand(base, {"precision": ["fp32", "bf16"]}), user="ada")
     quick_bench = {"method": "benchmark", "repeats": 3, "warmup": 1, "throughput_batch": 16,
                    "throughput_repeats": 1, "batch_sizes": [1]}
