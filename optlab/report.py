@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from optlab import advisor, charts, profile_charts, stats, views
+from optlab import advisor, charts, ladder, profile_charts, stats, views
 from optlab.store import Run, Store
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -310,6 +310,16 @@ def _headline(page: _Page, runs: list[Run], names: dict) -> None:
 def _comparison(page: _Page, store: Store, runs: list[Run], labels: dict) -> None:
     """The Compare page's charts, from the same builders and the same rows."""
     page.add(f"<section id=compare><h2>Comparison</h2><p>Speed-ups are against #{runs[0].id}, the first run.</p>")
+    sweeps = {r.sweep_id for r in runs}
+    if len(sweeps) == 1 and ladder.is_ladder(next(iter(sweeps))):   # a ladder reads rung by rung first
+        climbed = ladder.rows(runs)
+        page.figure(charts.ladder_bars(chart_safe(climbed)), "ladder")
+        table = ladder.table(climbed)
+        columns = ["rung", "runs", "images/s", "x baseline", "x baseline 95 %", "x rung below", "x rung below 95 %",
+                   "this rung", "peak MB", "accuracy %"]
+        page.add(_table(columns, [[_num(t[c], "{:,.2f}") if isinstance(t[c], float) else t[c] for c in columns]
+                                  for t in table], cls="compact"))
+        page.add("<ul>" + "".join(f"<li>{e(line)}</li>" for line in ladder.lesson(climbed)) + "</ul>")
     rows = chart_safe(views.figure_rows(runs))
     page.figure(charts.pareto_scatter(rows), "pareto")
     page.figure(charts.speedup_bars(rows, rows[0]), "speed-up")

@@ -156,6 +156,16 @@ def test_compare_draws_the_ladder_for_its_link(climbed, monkeypatch):
     assert any(line.value.startswith("- \\+ data in memory: ") for line in at.markdown)   # escaped: text, not Markdown
 
 
+def test_a_report_of_the_ladder_draws_it_as_compare_does(climbed, tmp_path):
+    from optlab import report
+    home, ladder_id, _ = climbed
+    store = Store(home)
+    made = report.write_report(store, report.select_runs(store, [], ladder_id), tmp_path / "ladder.html")
+    assert made.figures[0] == "ladder"
+    text = (tmp_path / "ladder.html").read_text()
+    assert "<td>2 · + channels-last (2 repeats)</td>" in text and "<li>+ data in memory: " in text
+
+
 # -- queueing ---------------------------------------------------------------------------------------------
 def test_the_cli_queues_a_ladder_from_a_run_with_its_repeats(climbed, tmp_path, monkeypatch, capsys):
     import shutil
