@@ -35,7 +35,8 @@ with st.expander("Start a tuning", expanded=not autotune.tunings(store), icon=":
         objective = st.radio("Make it fast at", autotune.OBJECTIVES.names(), horizontal=True, key="tune_objective",
                              format_func=lambda k: autotune.OBJECTIVES.get(k).title)
         default_knobs = list(autotune.OBJECTIVES.get(objective).knobs)
-        knobs = st.multiselect("Knobs to search", autotune.KNOBS.names(), default=default_knobs,
+        offered = [k for k in autotune.KNOBS.names() if objective != "training" or k != "compression"]
+        knobs = st.multiselect("Knobs to search", offered, default=default_knobs,
                                key=f"tune_knobs_{objective}", format_func=lambda k: autotune.KNOBS.get(k).title)
         a, b, c, d = st.columns(4)
         budget = a.number_input("Accuracy budget (points)", 0.0, 100.0, 1.0, 0.5, key="tune_budget",

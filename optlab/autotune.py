@@ -157,6 +157,9 @@ class Spec:
         unknown = [k for k in self.knobs if k not in KNOBS]
         if unknown:
             errors.append(f"unknown knob(s) {', '.join(map(str, unknown))}; choose from: {', '.join(KNOBS.names())}")
+        if self.objective == "training" and "compression" in self.knobs:
+            errors.append("compression steps do not change training throughput: search them with the "
+                          "inference objective (batch-1 latency of the deployed model)")
         if not (isinstance(self.budget_points, (int, float)) and 0 <= self.budget_points <= 100):
             errors.append(f"the accuracy budget is 0..100 points, not {self.budget_points!r}")
         if not (isinstance(self.trials, int) and 1 <= self.trials <= MAX_TRIALS):

@@ -63,6 +63,7 @@ def test_a_trial_over_the_budget_is_never_the_winner_however_fast():
 @pytest.mark.parametrize("changes, message", [
     (dict(objective="fastest"), "objective 'fastest' is not one of: training, inference"),
     (dict(knobs=["colour"]), "unknown knob"),
+    (dict(knobs=["precision", "compression"]), "compression steps do not change training throughput"),
     (dict(budget_points=-1), "accuracy budget is 0..100 points"),
     (dict(trials=0), "trials must be 1..40"),
     (dict(minutes=0), "minutes must be more than 0"),
