@@ -211,9 +211,9 @@ def _storage(store):
 def _study(store, tuning: Tuning):
     import optuna
     objective = OBJECTIVES.get(tuning.spec.objective)
-    # TPE reads each finished trial's constraint (set in `_tell`): it learns where the budget holds
-    # seeded anew for each round, past the trials so far: a sampler made again with the same seed (the
-    # next round, or another process) would draw the same first settings again
+    # TPE reads each finished trial's constraint (set in `_tell`): it learns where the budget holds.
+    # Seeded past the trials so far: a sampler made again with the same seed (the next round, or
+    # another process) would draw the same first settings again.
     storage = _storage(store)
     try:
         asked = len(storage.get_all_trials(storage.get_study_id_from_name(tuning.id), deepcopy=False))
@@ -236,32 +236,35 @@ def start(store, spec: Spec, *, user: str = "", device_for=None) -> Tuning:
     objective = OBJECTIVES.get(spec.objective)
     if objective.figures(ref)[0] is None and spec.objective == "training":
         raise ConfigError(f"run #{ref.id} has no {objective.title} to tune")
-    info = device_for(RunConfig.from_dict(ref.config)) if device_for else None
+    ref_config = RunConfig.from_dict(ref.config)
+    info = device_for(ref_config) if device_for else None
     if info is not None:
         for name in spec.searched:
-            if len(KNOBS.get(name).choices(RunConfig.from_dict(ref.config), info)) < 2:
+            if len(KNOBS.get(name).choices(ref_config, info)) < 2:
                 raise ConfigError(f"{KNOBS.get(name).title} has only one choice on {info.label}: nothing to search")
     tuning = Tuning(new_tuning_id(), time.time(), user, spec, "searching", None, [])
     with store.connect() as db:
         db.execute("INSERT INTO tunings (id, created_at, user, spec, state, note, confirm_ids) VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (tuning.id, tuning.created_at, user, json.dumps(asdict(spec)), tuning.state, None, "[]"))
-    _study(store, tuning)
-    advance(store, tuning.id, device_for=device_for)
+    advance(store, tuning.id, device_for=device_for)   # creates the study and queues the first trials
     return get(store, tuning.id)
 
 
 def get(store, tuning_id: str) -> Tuning | None:
-    return next((t for t in tunings(store) if t.id == tuning_id), None)
+    found = _read(store, "WHERE id = ?", (tuning_id,))
+    return found[0] if found else None
 
 
 def tunings(store, *, active: bool = False) -> list[Tuning]:
     """Every tuning, newest first (only those under way with `active`); none on a store without the table."""
+    return _read(store, "WHERE state IN ('searching', 'confirming')" if active else "", ())
+
+
+def _read(store, where: str, args: tuple) -> list[Tuning]:
     import sqlite3
-    query = "SELECT * FROM tunings" + (" WHERE state IN ('searching', 'confirming')" if active else "") \
-        + " ORDER BY created_at DESC"
     try:
         with store.connect() as db:
-            rows = db.execute(query).fetchall()
+            rows = db.execute(f"SELECT * FROM tunings {where} ORDER BY created_at DESC", args).fetchall()
     except sqlite3.OperationalError:   # a read-only store from before tunings existed
         return []
     return [Tuning(r["id"], r["created_at"], r["user"], Spec(**json.loads(r["spec"])), r["state"], r["note"],
@@ -276,24 +279,43 @@ def _set(store, tuning_id: str, **fields) -> None:
 
 def stop(store, tuning_id: str) -> str:
     """Ask for no more trials and cancel the queued ones; running ones finish and are told."""
-    from optlab.scheduler import cancel
     tuning = get(store, tuning_id)
     if tuning is None:
         raise ConfigError(f"there is no tuning {tuning_id!r}")
     if tuning.state not in ACTIVE:
         return f"tuning {tuning_id} is already {tuning.state}"
-    for run in store.list(sweep_id=tuning_id, status="queued"):
-        cancel(store, run.id)
-    _set(store, tuning_id, state="stopped", note="stopped by a person: no more trials were asked for")
+    _end(store, tuning_id, "stopped by a person: no more trials were asked for")
     return f"tuning {tuning_id} stopped"
 
 
 def end_failed(store, tuning_id: str, why: str) -> None:
-    """End a tuning that cannot go on (a bug, a broken study), with the reason, its queued trials cancelled."""
+    """End a tuning that cannot go on (a bug, a broken study) with the reason."""
+    _end(store, tuning_id, f"the tuning failed: {why}"[:1000])
+
+
+def _end(store, tuning_id: str, note: str) -> None:
+    """Stop a tuning: its queued trials cancelled, the reason kept."""
     from optlab.scheduler import cancel
     for run in store.list(sweep_id=tuning_id, status="queued"):
         cancel(store, run.id)
-    _set(store, tuning_id, state="stopped", note=f"the tuning failed: {why}"[:1000])
+    _set(store, tuning_id, state="stopped", note=note)
+
+
+def reference(run, spec: Spec) -> dict:
+    """The reference run's figures the tuning is judged against: its speed (and within-run interval),
+    its accuracy, and the accuracy floor the budget allows. For the inference objective, its
+    unmodified model as measured in its compression phase (latency None when it had none)."""
+    speed, accuracy, ci = None, None, None
+    if run is not None:
+        s = run.summary or {}
+        if spec.objective == "inference":
+            base = next((v for v in s.get("variants") or [] if v.get("name") == "baseline"), {})
+            speed, ci = base.get("latency_ms_p50"), base.get("latency_ms_ci95")
+            accuracy = base.get("test_accuracy", s.get("test_accuracy"))
+        else:
+            speed, accuracy, ci = OBJECTIVES.get(spec.objective).figures(run)
+    floor = None if accuracy is None else accuracy - spec.budget_points / 100
+    return {"run_id": spec.reference, "speed": speed, "speed_ci95": ci, "accuracy": accuracy, "floor": floor}
 
 
 def _default_device(cfg: RunConfig):
@@ -317,10 +339,7 @@ def advance(store, tuning_id: str, *, device_for=None) -> None:
         _set(store, tuning_id, state="stopped", note=f"the reference run #{spec.reference} was deleted")
         return
     study = _study(store, tuning)
-    ref_accuracy = ref.summary["test_accuracy"]
-    if spec.objective == "inference":
-        ref_accuracy = objective.figures(ref)[1] or ref_accuracy
-    floor = ref_accuracy - spec.budget_points / 100
+    floor = reference(ref, spec)["floor"]
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
@@ -426,11 +445,7 @@ def trials_of(store, tuning: Tuning) -> list[dict]:
     import optuna
     objective = OBJECTIVES.get(tuning.spec.objective)
     study = optuna.load_study(study_name=tuning.id, storage=_storage(store))
-    ref = store.get(tuning.spec.reference)
-    ref_speed, ref_accuracy, _ = objective.figures(ref) if ref else (None, None, None)
-    if tuning.spec.objective == "training" and ref:
-        ref_accuracy = ref.summary.get("test_accuracy")
-    floor = None if ref_accuracy is None else ref_accuracy - tuning.spec.budget_points / 100
+    floor = reference(store.get(tuning.spec.reference), tuning.spec)["floor"]
     out = []
     for t in [t for t in study.get_trials(deepcopy=False) if "duplicate_of" not in t.user_attrs]:
         run = store.get(t.user_attrs.get("run_id", -1)) if "run_id" in t.user_attrs else None
@@ -465,13 +480,8 @@ def result(store, tuning_id: str) -> dict:
     measured = [t for t in trials if t["speed"] is not None and t["accuracy"] is not None]
     sign = 1 if objective.higher_is_better else -1
     front = [measured[i]["number"] for i in pareto_front([(sign * t["speed"], t["accuracy"]) for t in measured])]
-    ref_speed, ref_accuracy, ref_ci = objective.figures(ref) if ref else (None, None, None)
-    if tuning.spec.objective == "training" and ref:
-        ref_accuracy = ref.summary.get("test_accuracy")
     return {"tuning": asdict(tuning), "objective": asdict(objective), "device": (ref.summary or {}).get("device") if ref else None,
-            "reference": {
-                "run_id": tuning.spec.reference, "speed": ref_speed, "speed_ci95": ref_ci, "accuracy": ref_accuracy,
-                "floor": None if ref_accuracy is None else ref_accuracy - tuning.spec.budget_points / 100},
+            "reference": reference(ref, tuning.spec),
             "trials": trials, "winner": ranked[0] if ranked else None, "runner_up": ranked[1] if len(ranked) > 1 else None,
             "pareto": front, "confidence": confidence(store, tuning, objective, ranked)}
 

@@ -253,36 +253,45 @@ def speedup_ratios(rows: list[dict], baseline: dict) -> list[dict]:
     return out
 
 
-def speedup_bars(rows: list[dict], baseline: dict):
-    """Training throughput of each run divided by the baseline's (1.0 = as fast as the baseline),
-    with the ratio's 95 % interval as an error bar and the bar coloured by the noise verdict.
-
-    The y axis stops a little above the bars and their bounded intervals: an interval that is
-    unbounded, or several times taller than every bar, runs off the top instead of flattening
-    the bars (its hover text gives the real bounds)."""
+def _ratio_bars(names: list[str], bars: list[dict], thin: list[bool], *, customdata: list, hovertemplate: str,
+                texts: list[str], legend=lambda call: VERDICT_WORDS[call], headroom: float = 1.2):
+    """Ratio bars (1.0 = the baseline) coloured by verdict, the ratio's 95 % interval as an error
+    bar, thin measurements hatched, each bar's text at its foot, one legend entry per colour shown.
+    `bars`: {"ratio", "lo", "hi", "verdict"}. The y axis stops a little above the bars and their
+    bounded intervals: an interval that is unbounded, or several times taller than every bar, runs
+    off the top instead of flattening the bars (the hover gives the real bounds)."""
     import plotly.graph_objects as go
 
-    bars = speedup_ratios(rows, baseline)
-    usable = [b["row"] for b in bars]
     tallest = max([b["ratio"] for b in bars] + [1.0])
-    top = 1.2 * max([tallest] + [b["hi"] for b in bars if b["hi"] is not None and b["hi"] <= 3 * tallest])
+    top = headroom * max([tallest] + [b["hi"] for b in bars if b["hi"] is not None and b["hi"] <= 3 * tallest])
     fig = go.Figure(go.Bar(
-        x=[r.get("label", "") for r in usable], y=[b["ratio"] for b in bars],
-        text=[f"{b['ratio']:.2f}×" for b in bars], textposition="none", name="speed-up", showlegend=False,
+        x=names, y=[b["ratio"] for b in bars], text=texts, textposition="none", showlegend=False,
         error_y=_error([{"v": b["ratio"], "v_ci95": (b["lo"], min(b["hi"], 10 * top)) if b["lo"] is not None else None}
                         for b in bars], "v"),
         marker=dict(color=[VERDICT_COLOURS[b["verdict"]] for b in bars],
-                    pattern=dict(shape=["/" if r.get("thin") else "" for r in usable], fgcolor="#333", solidity=0.3)),
+                    pattern=dict(shape=["/" if t else "" for t in thin], fgcolor="#333", solidity=0.3)),
+        customdata=customdata, hovertemplate=hovertemplate))
+    for call in [v for v in VERDICT_COLOURS if v in {b["verdict"] for b in bars}]:   # the colour key
+        fig.add_trace(go.Bar(x=[None], y=[None], name=legend(call), marker_color=VERDICT_COLOURS[call]))
+    _bar_labels(fig, names, texts)
+    fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
+    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
+    return fig
+
+
+def speedup_bars(rows: list[dict], baseline: dict):
+    """Training throughput of each run divided by the baseline's (1.0 = as fast as the baseline),
+    with the ratio's 95 % interval as an error bar and the bar coloured by the noise verdict."""
+    bars = speedup_ratios(rows, baseline)
+    usable = [b["row"] for b in bars]
+    names = [r.get("label", "") for r in usable]
+    fig = _ratio_bars(
+        names, bars, [bool(r.get("thin")) for r in usable], texts=[f"{b['ratio']:.2f}×" for b in bars],
         customdata=[[r["train_images_per_s"], VERDICT_WORDS[b["verdict"]], _ratio_interval_text(b)]
                     for r, b in zip(usable, bars)],
         hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline (95 % interval %{customdata[2]})"
-                      "<br>%{customdata[1]}<br>%{customdata[0]:,.0f} images/s<extra></extra>"))
-    for call in [v for v in VERDICT_COLOURS if v in {b["verdict"] for b in bars}]:   # the colour key
-        fig.add_trace(go.Bar(x=[None], y=[None], name=VERDICT_WORDS[call], marker_color=VERDICT_COLOURS[call]))
-    _bar_labels(fig, [r.get("label", "") for r in usable], [f"{b['ratio']:.2f}×" for b in bars])
-    fig.add_hline(y=1, line_dash="dash", line_color="#444")   # the baseline; the title names it
-    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
-    _run_ticks(fig, [r.get("label", "") for r in usable], "Run · error bar: 95 % interval of the ratio")
+                      "<br>%{customdata[1]}<br>%{customdata[0]:,.0f} images/s<extra></extra>")
+    _run_ticks(fig, names, "Run · error bar: 95 % interval of the ratio")
     return _finish(fig, "Training speed-up", [r.get("device_label") for r in usable + [baseline]],
                    legend_on_top=True, note=f"1.0 = baseline {_clip(baseline.get('label', ''), 40)}")
 
@@ -291,8 +300,6 @@ def ladder_bars(rows: list[dict]):
     """The ablation ladder (optlab.ladder.rows): each rung's cumulative speed-up over the baseline,
     error bar its 95 % interval, the bar coloured by what *this rung* added against the rung below
     (grey: nothing measurable at this spread), and the per-rung ratio written under each bar."""
-    import plotly.graph_objects as go
-
     drawn = [r for r in rows if r["index"] == 0 or (r["cumulative"] and r["cumulative"]["ratio"])]
     bars = []
     for r in drawn:
@@ -303,28 +310,16 @@ def ladder_bars(rows: list[dict]):
         step = r["step"] if r["step"] and r["step"]["ratio"] else None
         bars.append(dict(ratio=r["cumulative"]["ratio"], lo=ci[0] if ci else None, hi=ci[1] if ci else None,
                          verdict=step["verdict"] if step else "no interval", step=step))
-    tallest = max([b["ratio"] for b in bars] + [1.0])
-    top = 1.25 * max([tallest] + [b["hi"] for b in bars if b["hi"] is not None and b["hi"] <= 3 * tallest])
     names = [r["label"] for r in drawn]
-    fig = go.Figure(go.Bar(
-        x=names, y=[b["ratio"] for b in bars], name="cumulative speed-up", showlegend=False,
-        error_y=_error([{"v": b["ratio"], "v_ci95": (b["lo"], min(b["hi"], 10 * top)) if b["lo"] is not None else None}
-                        for b in bars], "v"),
-        marker=dict(color=[VERDICT_COLOURS[b["verdict"]] for b in bars],
-                    pattern=dict(shape=["/" if r.get("thin") else "" for r in drawn], fgcolor="#333", solidity=0.3)),
+    fig = _ratio_bars(
+        names, bars, [bool(r.get("thin")) for r in drawn], headroom=1.25,
+        texts=[f"{b['ratio']:.2f}×" + (f" (step {b['step']['ratio']:.2f}×)" if b["step"] else "") for b in bars],
+        legend=lambda call: VERDICT_WORDS[call] if call == "baseline" else "this rung: " + VERDICT_WORDS[call],
         customdata=[[_ratio_interval_text(b), (f"{b['step']['ratio']:.2f}× the rung below: "
                                                + VERDICT_WORDS[b["step"]["verdict"]]) if b["step"] else "",
                      r.get("train_images_per_s") or 0] for r, b in zip(drawn, bars)],
         hovertemplate="<b>%{x}</b><br>%{y:.2f}× the baseline (95 % interval %{customdata[0]})"
-                      "<br>%{customdata[1]}<br>%{customdata[2]:,.0f} images/s<extra></extra>"))
-    for call in [v for v in VERDICT_COLOURS if v in {b["verdict"] for b in bars}]:
-        word = "this rung: " + VERDICT_WORDS[call] if call != "baseline" else VERDICT_WORDS[call]
-        fig.add_trace(go.Bar(x=[None], y=[None], name=word, marker_color=VERDICT_COLOURS[call]))
-    _bar_labels(fig, names, ["1.00×" if b["step"] is None and b["verdict"] == "baseline" else
-                             f"{b['ratio']:.2f}×" + (f" (step {b['step']['ratio']:.2f}×)" if b["step"] else "")
-                             for b in bars])
-    fig.add_hline(y=1, line_dash="dash", line_color="#444")
-    fig.update_yaxes(title_text="Speed-up (× the baseline's images/s)", range=[0, top])
+                      "<br>%{customdata[1]}<br>%{customdata[2]:,.0f} images/s<extra></extra>")
     _run_ticks(fig, names, "Rung, each on top of the ones before · error bar: 95 % interval")
     return _finish(fig, "Ablation ladder", [r.get("device_label") for r in drawn], legend_on_top=True,
                    note="bar: cumulative speed-up; colour: what the rung itself added", height=500)

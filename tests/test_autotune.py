@@ -201,3 +201,17 @@ def test_the_scheduler_asks_for_the_next_trial_until_the_space_is_exhausted(tmp_
     done = autotune.get(store, tuning.id)
     assert done.state == "done" and done.note == "no confirmation runs were asked for"
     assert autotune.result(store, tuning.id)["winner"] is not None
+
+
+def test_the_reference_is_the_unmodified_model_for_inference_and_the_run_for_training():
+    from types import SimpleNamespace
+    run = SimpleNamespace(summary={"train_images_per_s": 300.0, "test_accuracy": 0.8, "throughput": {"ci95": [290, 310]},
+                                   "variants": [{"name": "baseline", "latency_ms_p50": 2.0, "test_accuracy": 0.8},
+                                                {"name": "int8 dynamic", "latency_ms_p50": 1.0, "test_accuracy": 0.7}]})
+    training = autotune.reference(run, autotune.Spec(reference=1, budget_points=1.0))
+    assert (training["speed"], training["accuracy"], training["floor"]) == (300.0, 0.8, pytest.approx(0.79))
+    inference = autotune.reference(run, autotune.Spec(reference=1, budget_points=1.0, objective="inference"))
+    assert (inference["speed"], inference["accuracy"]) == (2.0, 0.8)          # not the int8 variant
+    plain = SimpleNamespace(summary={"test_accuracy": 0.8})                    # trained without a compression phase
+    assert autotune.reference(plain, autotune.Spec(reference=1, budget_points=2.0, objective="inference"))["floor"] \
+        == pytest.approx(0.78)
