@@ -37,6 +37,9 @@ def join(browser, url, name):
     page.get_by_role("button", name="Join").click()
     expect(page.get_by_text(f"You are {name}")).to_be_visible()
     expect(page.get_by_label("Your name", exact=True)).to_have_value(name)
+    # the cookie is written by a script the page runs after it draws "You are …": a goto before
+    # that script ran opens a session that does not know this person (CI's load showed it)
+    page.wait_for_function("document.cookie.includes('optlab_token=')")
     return page
 
 
