@@ -164,7 +164,7 @@ _CONFIG_TYPES = {
     "epochs": INT, "lr": opt(NUM), "optimizer": opt(STR), "weight_decay": opt(NUM), "warmup_fraction": NUM,
     "label_smoothing": NUM, "channels_last": BOOL, "compile": BOOL, "pipeline": STR, "num_workers": INT,
     "augment": BOOL, "image_size": opt(INT), "limit_train": opt(INT), "limit_test": opt(INT),
-    "target_accuracy": NUM, "seed": INT, "device": STR, "data_path": opt(STR), "profile": BOOL, "repeats": INT,
+    "target_accuracy": NUM, "seed": INT, "device": STR, "data_path": opt(STR), "profile": BOOL, "repeats": INT, "gpus": INT,
     "compress": ListOf(Obj({"method": STR}, required=("method",)), max_items=100),
 }
 assert set(_CONFIG_TYPES) == {f.name for f in fields(RunConfig)}, "bundle_schema: RunConfig gained a field"

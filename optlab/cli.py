@@ -82,6 +82,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--repeats", type=int, help="run the same config N times (1..20) and report the spread")
+    p.add_argument("--gpus", type=int, help="data-parallel ranks through torchrun (DDP): one per GPU; on a "
+                                            "CPU-only machine, that many processes sharing its cores (Gloo)")
     from optlab.compress.cli import add_compress_flags
     add_compress_flags(p)   # --prune/--quantize/--distill/--export: parsed into args.compress_steps
 
@@ -89,7 +91,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 _CONFIG_FLAGS = ("model", "dataset", "precision", "batch_size", "max_batch_size", "epochs", "lr", "optimizer",
                  "weight_decay", "label_smoothing", "limit_train", "limit_test", "device", "pipeline",
                  "num_workers", "image_size", "target_accuracy", "seed", "data_path", "channels_last",
-                 "compile", "augment", "profile", "repeats")
+                 "compile", "augment", "profile", "repeats", "gpus")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -20,6 +20,7 @@ DEVICES = ("auto", "cuda", "cpu")
 PIPELINES = ("cpu", "gpu")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_REPEATS = 20   # a room shares one GPU: one click must not hold it for a hundred runs
+MAX_GPUS = 8       # data-parallel ranks of one run: the devices of one server
 # The names in optlab.models.MODELS and optlab.data.DATASETS, so that a config is checked
 # without importing torch (seconds); tests/test_config.py keeps them equal to the registries.
 MODEL_NAMES = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "vit_tiny", "speednet")
@@ -64,6 +65,7 @@ class RunConfig:
     profile: bool = True               # record a short torch.profiler window
     compress: list[dict] = field(default_factory=list)  # compression steps run after training
     repeats: int = 1                   # run the same config this many times, as one group with a spread
+    gpus: int = 1                      # data-parallel ranks (torchrun + DDP): one per GPU; on the CPU, processes
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self, device_info=None) -> "RunConfig":
@@ -107,6 +109,11 @@ class RunConfig:
         need(_is_int(self.repeats) and 1 <= self.repeats <= MAX_REPEATS,
              f"repeats must be a whole number 1..{MAX_REPEATS} (how many times the same config runs), "
              f"not {self.repeats!r}")
+        need(_is_int(self.gpus) and 1 <= self.gpus <= MAX_GPUS,
+             f"gpus must be a whole number 1..{MAX_GPUS} (data-parallel ranks, one per device), not {self.gpus!r}")
+        if _is_int(self.gpus) and self.gpus > 1:
+            need(self.batch_size != "auto", "batch size 'auto' searches on one device: with gpus > 1 give the "
+                                            "batch size per device (each rank trains on that many images a step)")
         need(0 < self.target_accuracy <= 1, "target accuracy is a fraction in (0, 1], e.g. 0.9")
         need(0 <= self.seed <= SEED_MAX, f"seed must be 0..{SEED_MAX}, not {self.seed!r}")
         if self.model == "vit_tiny":
@@ -162,6 +169,11 @@ class RunConfig:
 
     def _device_errors(self, info) -> list[str]:
         errors = []
+        if self.gpus > 1:
+            from optlab.ddp import rank_capacity   # the devices (or cores) this machine has for ranks
+            room, what = rank_capacity(info)
+            if self.gpus > room:
+                errors.append(f"gpus {self.gpus} needs {self.gpus} {what}; this machine has {room}")
         if self.device == "cuda" and not info.is_gpu:
             errors.append("device 'cuda' was asked for but no GPU is visible here; use 'auto' or 'cpu'")
         if not info.is_gpu:

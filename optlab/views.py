@@ -81,6 +81,12 @@ KNOBS: dict[str, Knob] = {
     "repeats": Knob("Repeats", f"Run the same settings this many times (1..{MAX_REPEATS}) to see the spread: "
                                "Compare then shows each figure with its interval and says whether a difference "
                                "is beyond noise. A sweep's repeats run interleaved (A B A B ...).", "Measurement"),
+    "gpus": Knob("Data-parallel ranks", "Train on this many devices at once (torchrun + DistributedDataParallel): "
+                                        "each rank trains on its own share of the images with the batch size "
+                                        "above, and the gradients are averaged every step. On a CPU-only machine "
+                                        "the ranks are processes sharing its cores (Gloo): a lesson in the "
+                                        "mechanics, not in speed. Compare with the same run on one device for the "
+                                        "scaling efficiency.", "Speed"),
     "profile": Knob("Profile a few steps", "Record a short torch.profiler window after warm-up for the Profile "
                                            "page; those steps are left out of the timings.", "Measurement"),
     "compress": Knob("Compress after training", "Make smaller or faster variants of the trained model "
