@@ -10,6 +10,7 @@ import streamlit as st
 from app_pages import _ladder, _room
 from optlab import bundle, caveats, charts, naming, repeats, report, views
 from optlab.cli import summary_rows
+from optlab.ddp import distributed_rows
 from optlab.compress import METHODS, available_methods
 from optlab.compress.background import CompressBusy, busy_reason, start
 from optlab.compress.background import state as compression
@@ -233,8 +234,12 @@ def run_panel(run_id: int):
         fig.update_xaxes(title_text="Epoch")
         st.plotly_chart(fig, theme=None, key=f"epochs_{run_id}")
     draw_variants(current)
+    ranks = distributed_rows(current, store)
+    if ranks:
+        st.markdown("**Data-parallel ranks**")
+        st.dataframe([{"": k, "value": v} for k, v in ranks], hide_index=True)
     with st.expander("All figures and settings", expanded=current.status != "done"):
-        st.dataframe([{"": k, "value": v} for k, v in summary_rows(current)], hide_index=True)
+        st.dataframe([{"": k, "value": v} for k, v in summary_rows(current, store=store)], hide_index=True)
         st.json(current.config, expanded=False)
     samples = store.metrics(run_id, "telemetry")
     if samples:

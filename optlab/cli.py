@@ -173,9 +173,9 @@ def group_rows(group: list) -> list[tuple[str, str]]:
     return rows
 
 
-def summary_rows(run, group: list | None = None) -> list[tuple[str, str]]:
+def summary_rows(run, group: list | None = None, store=None) -> list[tuple[str, str]]:
     """The rows `show` prints; `group` (the run's repeat group, when it has one) adds the group's
-    central values and spread."""
+    central values and spread; `store` lets a data-parallel run find its one-device reference."""
     s = run.summary or {}
     mem = "GPU allocator" if s.get("memory_kind") == "cuda_allocator" else "host RSS"
     rows = [("run", f"#{run.id} ({run.status})"), ("device", s.get("device_label") or (run.device or {}).get("label", "?")),
@@ -199,6 +199,9 @@ def summary_rows(run, group: list | None = None) -> list[tuple[str, str]]:
             (f"time to {100 * s.get('target_accuracy', 0):.0f} %", _fmt(s.get("time_to_target_s"), " s", 2)
              if s.get("time_to_target_s") is not None else "not reached"),
         ]
+    if (run.config.get("gpus") or 1) > 1:
+        from optlab.ddp import distributed_rows
+        rows += distributed_rows(run, store)
     if group and len(group) > 1:
         rows += group_rows(group)
     return rows
@@ -313,7 +316,7 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps(json_view(run)))
     else:
-        print_table(summary_rows(run))
+        print_table(summary_rows(run, store=store))
     return 0 if run.status == "done" else 1
 
 
@@ -378,7 +381,7 @@ def _show(args) -> int:
     if args.json:
         print(json.dumps(json_view(run, group=group)))
     else:
-        print_table(summary_rows(run, group=group))
+        print_table(summary_rows(run, group=group, store=store))
     return 0
 
 

@@ -59,10 +59,20 @@ class DataSet:
     def limited(self, train: int | None, test: int | None) -> "DataSet":
         if train is not None and train > len(self.train_y):
             raise DataError(f"train limit {train} is larger than {self.name}'s {len(self.train_y)} images")
-        sl_tr, sl_te = slice(None, train), slice(None, test)
-        return DataSet(self.name, self.train_x[sl_tr], self.train_y[sl_tr], self.test_x[sl_te],
-                       self.test_y[sl_te], self.classes, self.augmentations, self.accuracy_applies,
-                       self.source, self.mean, self.std)
+        return self._with_train(slice(None, train), slice(None, test))
+
+    def shard(self, rank: int, world: int) -> "DataSet":
+        """Rank `rank`'s share of the training images for data-parallel training: every `world`-th
+        image from `rank` on, the set first cut to a multiple of `world`, so that every rank has as
+        many images, hence as many steps (a rank with one step more would wait for the others
+        forever). The test images stay whole: every rank evaluates the same model on all of them."""
+        usable = len(self.train_y) - len(self.train_y) % world
+        return self._with_train(slice(rank, usable, world), slice(None))
+
+    def _with_train(self, train: slice, test: slice) -> "DataSet":
+        return DataSet(self.name, self.train_x[train].contiguous(), self.train_y[train].contiguous(),
+                       self.test_x[test], self.test_y[test], self.classes, self.augmentations,
+                       self.accuracy_applies, self.source, self.mean, self.std)
 
 
 DATASETS: Registry[Callable[..., DataSet]] = Registry("dataset")

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
 import logging
@@ -31,6 +32,9 @@ def _add_submit(p):
     p.add_argument("--user", default=None, help="who submits it (default: your login name); "
                                                 "runs are handed out round-robin across users")
     p.add_argument("--label", help="a name for the run")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --gpus N > 1: first queue the same settings on one device, unless one is done "
+                        "or queued, so the run gets its scaling efficiency (default: on)")
 
 
 def _submit(args) -> int:
@@ -40,8 +44,15 @@ def _submit(args) -> int:
     # Against the device the run would get here, found without loading torch; 'cuda' without
     # a GPU is described as the CPU, which validate() then refuses with the reason.
     cfg.validate(devices.probe(cfg.device))
-    from optlab import repeats
-    ids = repeats.submit(get_store(), cfg, user=_submitter() if args.user is None else args.user, label=args.label)
+    from optlab import ddp, repeats
+    store, user = get_store(), _submitter() if args.user is None else args.user
+    reference = ddp.reference_to_queue(store, cfg) if args.reference else None
+    if reference is not None:   # a data-parallel run is measured against the same run on one device
+        ref_ids = repeats.submit(store, reference, user=user,
+                                 label=f"one-device reference for gpus={cfg.gpus}")
+        print(f"queued run #{ref_ids[0]}: the same settings on one device, for the scaling efficiency "
+              "(--no-reference to skip)", file=sys.stderr)
+    ids = repeats.submit(store, cfg, user=user, label=args.label)
     print("\n".join(map(str, ids)))   # one id a line, for scripts
     if len(ids) > 1:
         print(f"queued {len(ids)} repeats of the same config: runs #{ids[0]}-#{ids[-1]}; "
@@ -79,7 +90,7 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(view))
         return 0
-    rows = summary_rows(run)
+    rows = summary_rows(run, store=store)
     rows.insert(1, ("submitted by", safe(run.user or "-")))
     if run.status == "queued":
         rows.append(("queue", f"position {view['queue_position']}"))

@@ -191,7 +191,7 @@ class CategoryRule:
 
 
 CATEGORIES = ("convolution", "matmul", "normalisation", "elementwise", "memory copies", "optimizer",
-              "data loading", "other")
+              "data loading", "communication", "other")
 
 # First match wins, so the context rules come first: an aten::add_ inside Optimizer.step is
 # optimizer work, not elementwise work. Patterns cover both operator names (CPU) and kernel names.
@@ -204,6 +204,9 @@ def category_rule(category: str, pattern: str, *, in_context: bool = False) -> N
     CATEGORY_RULES.append(CategoryRule(category, re.compile(pattern, re.I), in_context))
 
 
+# collectives first: NCCL's all-reduce kernels and Gloo's operators are communication wherever they run
+category_rule("communication", r"nccl|all_?reduce|allgather|all_gather|reduce_scatter|gloo|c10d::|"
+                               r"^record_param_comms$")
 category_rule("optimizer", r"^optimizer\.|multi_tensor_apply|_foreach_|fused_(sgd|adam)|\bsgd_|adamw?_",
               in_context=True)
 category_rule("data loading", r"dataloader", in_context=True)

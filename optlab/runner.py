@@ -24,6 +24,7 @@ from optlab.batchsize import CPU_MEMORY_SHARE, BatchSearch, batch_cap, search_ba
 from optlab.compress.checkpoint import save_weights
 from optlab.config import ConfigError, RunConfig
 from optlab.data import DataError, load_dataset
+from optlab.ddp import SINGLE, DistributedFailure, Ranks
 from optlab.hostload import HostWatch, ThreadPlan, apply_plan, plan_for
 from optlab.measure import percentile
 from optlab.memory import PhasePeak, memory_limit_mb, release_freed_memory
@@ -33,7 +34,7 @@ from optlab.stats import throughput_figures
 from optlab.store import Store, StoreError
 from optlab.train import RunCancelled, evaluate, optimizer_step, setup_optimizer, setup_precision, train
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError, DataError, DistributedFailure)
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -61,7 +62,11 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
                      started_at=run.started_at or time.time())
         prepare_run_folder(store, run_id, cfg)
         cfg, threads = use_cpu_plan(store, run_id, cfg, threads)
-        summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
+        if cfg.gpus > 1:   # torchrun starts the ranks (optlab.rank); this process follows them
+            from optlab.ddp import launch
+            summary = launch(store, run_id, cfg, on_progress, should_stop, threads)
+        else:
+            summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
         store.finish(run_id, "done", summary=summary)
         return summary
     except RunCancelled:
@@ -144,11 +149,17 @@ def prepare_run_folder(store: Store, run_id: int, cfg: RunConfig) -> Path:
     return folder
 
 
-def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop, threads=None) -> dict:
+def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_stop, threads=None,
+             ranks: Ranks = SINGLE) -> dict | None:
+    """The run's work. In a data-parallel run every rank calls it (optlab.rank) with its `ranks`:
+    each trains on its share of the images, and only rank 0 writes to the store and returns the
+    summary (the others return None)."""
     progress = on_progress or (lambda state: None)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)   # the same seed on every rank: the same initial weights
     progress({"phase": "load data"})
     ds = load_dataset(cfg)
+    if ranks.distributed:
+        ds = ds.shard(ranks.rank, ranks.world)
     size = cfg.image_size or ds.native_size
     spec = MODELS.get(cfg.model)
     model = build_model(cfg.model, ds.channels, ds.num_classes, size)
@@ -166,24 +177,33 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
         store.add_event(run_id, describe_search(search))
     else:
         batch_size = cfg.batch_size
-    store.update(run_id, summary={"batch_size": batch_size})
+    if ranks.lead:
+        store.update(run_id, summary={"batch_size": batch_size})
     if batch_size > len(ds.train_y):
-        raise ConfigError(f"batch size {batch_size} is larger than the {len(ds.train_y)} training images; "
+        share = f" of rank {ranks.rank}'s share (1/{ranks.world})" if ranks.distributed else ""
+        raise ConfigError(f"batch size {batch_size} is larger than the {len(ds.train_y)} training images{share}; "
                           "lower it or raise the train limit")
 
     train_batches = make_pipeline(ds, cfg, device, batch_size, train=True)
     test_batches = make_pipeline(ds, cfg, device, min(1024, 2 * batch_size), train=False)
     total_steps = cfg.epochs * len(train_batches)
-    optimizer, scheduler = setup_optimizer(model, opt_name, lr, wd, batch_size, total_steps, cfg.warmup_fraction)
+    # the learning rate follows the batch of one optimizer step: every rank's images together
+    optimizer, scheduler = setup_optimizer(model, opt_name, lr, wd, batch_size * ranks.world, total_steps,
+                                           cfg.warmup_fraction)
     warmup_steps = 5 if total_steps >= 20 else max(1, total_steps // 4)
-    trained = torch.compile(model) if cfg.compile else model
+    trained = model
+    if ranks.distributed:   # gradients averaged across ranks in buckets, overlapped with backward
+        from torch.nn.parallel import DistributedDataParallel
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          gradient_as_bucket_view=True)
+    trained = torch.compile(trained) if cfg.compile else trained
 
     window = None
-    first = profile_window_start(warmup_steps, len(train_batches), cfg.epochs) if cfg.profile else None
+    first = profile_window_start(warmup_steps, len(train_batches), cfg.epochs) if cfg.profile and ranks.lead else None
     if first is not None:
         from optlab.profiling import ProfileWindow
         window = ProfileWindow(store.artifacts_dir(run_id) / "tb" / f"run{run_id}", device, first_step=first)
-    elif cfg.profile:
+    elif cfg.profile and ranks.lead:
         store.add_event(run_id, f"no profile: {len(train_batches)} steps an epoch are too few for warm-up "
                                 f"plus a {PROFILE_WINDOW_STEPS}-step window inside one epoch")
 
@@ -193,22 +213,38 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
                    warmup_steps=warmup_steps, profiler=window, on_progress=progress, should_stop=should_stop,
                    sync_debug=os.environ.get("OPTLAB_SYNC_DEBUG") or None)
     memory, host = peak.figures(), host.finish()
+    per_rank = None
+    if ranks.distributed:
+        from optlab.ddp import gather_rank_figures
+        per_rank = gather_rank_figures(ranks, result, memory)   # every rank takes part; rank 0 gets the list
+        if not ranks.lead:
+            return None
     if host["disturbed"]:
         store.add_event(run_id, f"measurement disturbed: {host['reason']}", level="warning")
-    store.add_metrics(run_id, "epoch", [vars(e) for e in result.epochs], [e.epoch for e in result.epochs])
+    # images counted over every rank (rank 0's steps: the ranks move in step)
+    epochs = [dict(vars(e), images_per_s=e.images_per_s and e.images_per_s * ranks.world) for e in result.epochs]
+    store.add_metrics(run_id, "epoch", epochs, [e.epoch for e in result.epochs])
     s = result.steady
-    store.add_metric(run_id, "step_times", {"step_ms": s.step_ms, "images": s.step_images,
+    store.add_metric(run_id, "step_times", {"step_ms": s.step_ms, "images": [n * ranks.world for n in s.step_images],
                                             "input_wait_ms": s.input_wait_ms})
 
     params, nonzero = count_parameters(model)
     weights = store.artifacts_dir(run_id) / "model.pt"
     save_weights(model, weights)
-    summary = summarize(cfg, result, memory, info, batch_size, search, ds)
+    summary = summarize(cfg, result, memory, info, batch_size, search, ds, ranks)
+    if per_rank is not None:
+        from optlab.ddp import distributed_figures
+        summary.update(distributed_figures(store, run_id, cfg, per_rank, ranks))
     summary.update(host=host, params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
                    weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,
                    trace_dir=str(window.trace_dir) if window and window.trace_files else None)
     if window is not None and window.profiler_result is not None:
         _attach_profile(store, run_id, window, summary, device, model, ds, cfg, precision)
+        if ranks.distributed:
+            from optlab.ddp import allreduce_share
+            profile = summary.get("profile") or {}
+            summary["distributed"].update(allreduce_share=allreduce_share(profile), allreduce_basis=(
+                "GPU kernel time" if profile.get("category_basis") == "gpu" else "CPU operator time (self)"))
     if cfg.compress:
         from optlab.compress import run_steps
         progress({"phase": "compress"})
@@ -246,10 +282,14 @@ def _attach_profile(store, run_id, window, summary, device, model, ds, cfg, prec
         store.add_event(run_id, "inference profile failed:\n" + traceback.format_exc(), level="error")
 
 
-def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, search, ds) -> dict:
+def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, search, ds,
+              ranks: Ranks = SINGLE) -> dict:
+    """The run's figures. In a data-parallel run they are rank 0's steps, each counted with the
+    images of every rank (the ranks wait for each other in every step's gradient all-reduce, so
+    rank 0's step time is the step's time for all of them)."""
     s = result.steady
     steady_ms = sum(s.step_ms)
-    throughput = throughput_figures(s.step_ms, s.step_images)
+    throughput = throughput_figures(s.step_ms, [n * ranks.world for n in s.step_images])
     accuracies = [e.test_accuracy for e in result.epochs]
     reached = next((e.cumulative_train_seconds for e in result.epochs if e.test_accuracy >= cfg.target_accuracy), None)
     applies = ds.accuracy_applies
@@ -261,7 +301,7 @@ def summarize(cfg: RunConfig, result, memory: dict, info, batch_size: int, searc
         "batch_size": batch_size,
         "batch_size_search": search.to_dict() if search else None,
         "image_size": cfg.image_size or ds.native_size,
-        "train_images": len(ds.train_y),
+        "train_images": len(ds.train_y) * ranks.world,
         "test_images": len(ds.test_y),
         "data_source": ds.source,
         "epochs": cfg.epochs,
