@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import _ladder, _room
-from optlab import fit, naming, repeats, views
+from optlab import ddp, fit, naming, repeats, views
 from optlab.compress import METHODS, available_methods
 from optlab.config import OPTIMIZERS, PRESETS, ConfigError, RunConfig
 from optlab.data import DATASETS, allowed_image_roots
@@ -133,7 +133,7 @@ def widget(name: str):
     choice = {"model": MODELS.names(), "dataset": DATASETS.names(),
               "optimizer": [views.DEFAULT_CHOICE, *OPTIMIZERS]}
     steps = {"epochs": 1, "max_batch_size": 1, "num_workers": 1, "seed": 1, "warmup_fraction": 0.05,
-             "label_smoothing": 0.05, "target_accuracy": 0.01, "repeats": 1}
+             "label_smoothing": 0.05, "target_accuracy": 0.01, "repeats": 1, "gpus": 1}
     common = dict(key=key(name), help=knob.help)
     if name == "data_path":
         if current("dataset") != "imagefolder":
@@ -296,14 +296,19 @@ with ladder_slot:
 
 # -- launch ---------------------------------------------------------------------------------------------------
 def queue(combos: list, sweep: bool, seconds: float | None) -> None:
-    user = state.get("user", "")
+    user, before = state.get("user", ""), []
     if sweep:
         sweep_id, ids = submit_sweep(store, combos, user=user, device_for=lambda c: views.target_device(c.device, info))
         times = combos[0].config.repeats if combos else 1
     else:
+        # a data-parallel run is measured against the same settings on one device: queued first unless there
+        reference = ddp.reference_to_queue(store, combos[0])
+        before = repeats.submit(store, reference, user=user,
+                                label=f"one-device reference for gpus={combos[0].gpus}") if reference else []
         ids = repeats.submit(store, combos[0], user=user)
         sweep_id, times = store.get(ids[0]).repeat_group, combos[0].repeats
-    state["lab_notice"] = {"ids": ids, "sweep_id": sweep_id, "seconds": seconds, "repeats": times, "sweep": sweep}
+    state["lab_notice"] = {"ids": ids, "sweep_id": sweep_id, "seconds": seconds, "repeats": times, "sweep": sweep,
+                           "reference": before[0] if before else None}
     state.pop("lab_over", None)
 
 
@@ -387,5 +392,8 @@ if notice:
                      query_params={"sweep": notice["sweep_id"]})
     else:
         st.success(f"Run #{ids[0]} queued.{took}", icon=":material/check_circle:")
+    if notice.get("reference"):
+        st.caption(f"Run #{notice['reference']}, the same settings on one device, was queued before it: the "
+                   "scaling efficiency compares the two.")
     st.page_link("app_pages/runs.py", label=f"Watch run #{ids[0]} on the Runs page", icon=":material/visibility:",
                  query_params={"run": str(ids[0])})
