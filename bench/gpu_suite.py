@@ -344,6 +344,31 @@ def compression(s: Suite) -> dict:
     return {"refused": {k: v for k, v in refused.items() if v}, "models": rows}
 
 
+# -- data-parallel: one device against every visible GPU, through torchrun -------------------------------
+@section("ddp")
+def data_parallel(s: Suite) -> dict:
+    from optlab.ddp import scaling
+    from optlab.device import visible_gpus
+    if s.tiny or not s.info.is_gpu:
+        return {"skipped": "data-parallel scaling is a multi-GPU figure; the code path runs on the CPU in "
+                           "tests/test_ddp.py (two Gloo ranks)"}
+    gpus = len(visible_gpus())
+    if gpus < 2:
+        return {"skipped": f"{gpus} GPU visible: scaling needs at least 2"}
+    cfg = RunConfig(model="resnet18", image_size=32, precision="bf16", channels_last=True, pipeline="gpu",
+                    batch_size=256, epochs=2, limit_train=30720, limit_test=2000)
+    rows = {n: s.run(cfg.replace(gpus=n), label=f"resnet18 32px bf16 bs256/rank x{n}", telemetry=False)
+            for n in sorted({1, 2, gpus})}
+    one = s.store.get(rows[1]["run_id"])
+    out = {"rows": rows, "scaling": {}}
+    for n, row in rows.items():
+        if n > 1 and row["status"] == "done":
+            run = s.store.get(row["run_id"])
+            out["scaling"][n] = {**(scaling(run, one) or {}),
+                                 "allreduce_share": (run.summary.get("distributed") or {}).get("allreduce_share")}
+    return out
+
+
 # -- a background run: scheduler -> worker process -> store ------------------------------------------
 @section("background")
 def background(s: Suite) -> dict:

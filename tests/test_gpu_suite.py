@@ -25,7 +25,7 @@ def test_every_section_runs_and_none_fails_on_the_cpu(suite_result):
     failed = {name: sec["error"][-400:] for name, sec in result["sections"].items() if sec.get("error")}
     assert failed == {} and code == 0
     assert set(result["sections"]) == {"env", "sync", "matrix", "loop_overhead", "speedrun", "profile",
-                                       "auto_batch", "compression", "background"}
+                                       "auto_batch", "compression", "ddp", "background"}
 
 
 def test_results_are_one_json_and_one_markdown_named_for_the_device_and_date(suite_result):
@@ -47,6 +47,10 @@ def test_gpu_only_precisions_are_refused_with_the_reason_and_the_rest_measured(s
 
 def test_the_sync_check_says_why_it_cannot_run_on_the_cpu(suite_result):
     assert "CPU" in suite_result[2]["sections"]["sync"]["result"]["skipped"]
+
+
+def test_the_scaling_section_names_where_its_code_path_is_tested_on_the_cpu(suite_result):
+    assert "tests/test_ddp.py" in suite_result[2]["sections"]["ddp"]["result"]["skipped"]
 
 
 def test_the_background_run_goes_through_a_worker_process_with_telemetry(suite_result):
