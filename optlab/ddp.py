@@ -267,14 +267,14 @@ class _ProgressFollower:
                 continue
 
 
-_SIGNALLED = re.compile(r"Signal (\d+) \((SIG\w+)\) received by PID (\d+)")
 _ROOT_RANK = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 
 def failure_reason(folder: Path, world: int, returncode: int, log_path: Path) -> str:
-    """Why a data-parallel run ended without a summary, in one line: the first rank that raised
-    (from the error file it wrote), else the rank torchrun names as the root cause and how it ended
-    (a signal: killed by a person or the kernel), else torchrun's exit code."""
+    """Why a data-parallel run ended without a summary, in one line: a rank torchrun saw die of a
+    signal (killed by a person or the kernel: no rank could write why), else the first rank that
+    raised (from the error file it wrote), else the rank torchrun names and its exit code, else
+    torchrun's own exit code and last lines."""
     errors = []
     for rank in range(world):
         path = folder / ERROR_FILE.format(rank=rank)
@@ -284,19 +284,12 @@ def failure_reason(folder: Path, world: int, returncode: int, log_path: Path) ->
             continue
     text = log_path.read_text(errors="replace")[-20000:] if log_path.exists() else ""
     root = _ROOT_RANK.search(text)
-    if root is not None and int(root.group(2)) < 0:   # torchrun saw a rank die of a signal
-        rank, code = int(root.group(1)), int(root.group(2))
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (by a person, or by the kernel when memory ran out)" if name == "SIGKILL" else ""
-        return f"rank {rank} of {world} was killed by {name}{hint}; torchrun ended the other ranks"
+    if root is not None and (int(root.group(2)) < 0 or not errors):   # a signal first: nothing else says it
+        from optlab.scheduler import describe_exit
+        return f"rank {root.group(1)} of {world} {describe_exit(int(root.group(2)))}; torchrun ended the other ranks"
     if errors:
         first = min(errors, key=lambda e: e.get("time", 0))
         return f"rank {first['rank']} of {world} failed: {first['error']}; torchrun ended the other ranks"
-    if root is not None:
-        return f"rank {root.group(1)} of {world} exited with code {root.group(2)}; torchrun ended the other ranks"
     lines = [line for line in text.splitlines() if line.strip()][-3:]
     return f"torchrun exited with code {returncode} without a summary" + (": " + " | ".join(lines) if lines else "")
 
