@@ -267,14 +267,20 @@ class _ProgressFollower:
                 continue
 
 
-_ROOT_RANK = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+# torchrun's report of each failed rank ("Failures:" and "Root Cause"): "rank : 1 (local_rank: 1)",
+# then "exitcode : -9 (pid: 4405)"
+_FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
+# what torchrun sends the other ranks when one fails: a rank ended by these did not cause the failure
+_STOPPED_BY_TORCHRUN = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def failure_reason(folder: Path, world: int, returncode: int, log_path: Path) -> str:
-    """Why a data-parallel run ended without a summary, in one line: a rank torchrun saw die of a
-    signal (killed by a person or the kernel: no rank could write why), else the first rank that
-    raised (from the error file it wrote), else the rank torchrun names and its exit code, else
-    torchrun's own exit code and last lines."""
+    """Why a data-parallel run ended without a summary, in one line: a rank that died of a signal
+    torchrun does not send (killed by a person or the kernel: it could write no reason), else the
+    first rank that raised (from the error file it wrote), else a rank torchrun reports and its exit,
+    else torchrun's own exit code and last lines. (torchrun's "root cause" is the failure it saw
+    first, which can be a rank it stopped itself.)"""
+    from optlab.scheduler import describe_exit
     errors = []
     for rank in range(world):
         path = folder / ERROR_FILE.format(rank=rank)
@@ -282,14 +288,18 @@ def failure_reason(folder: Path, world: int, returncode: int, log_path: Path) ->
             errors.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-    text = log_path.read_text(errors="replace")[-20000:] if log_path.exists() else ""
-    root = _ROOT_RANK.search(text)
-    if root is not None and (int(root.group(2)) < 0 or not errors):   # a signal first: nothing else says it
-        from optlab.scheduler import describe_exit
-        return f"rank {root.group(1)} of {world} {describe_exit(int(root.group(2)))}; torchrun ended the other ranks"
+    text = log_path.read_text(errors="replace")[-50000:] if log_path.exists() else ""
+    failed = [(int(rank), int(code)) for rank, code in _FAILED_RANK.findall(text)]
+    killed = [(rank, code) for rank, code in failed if code < 0 and -code not in _STOPPED_BY_TORCHRUN]
+    if killed:
+        rank, code = killed[0]
+        return f"rank {rank} of {world} {describe_exit(code)}; torchrun ended the other ranks"
     if errors:
         first = min(errors, key=lambda e: e.get("time", 0))
         return f"rank {first['rank']} of {world} failed: {first['error']}; torchrun ended the other ranks"
+    if failed:
+        rank, code = failed[-1]   # the root cause comes last
+        return f"rank {rank} of {world} {describe_exit(code)}; torchrun ended the other ranks"
     lines = [line for line in text.splitlines() if line.strip()][-3:]
     return f"torchrun exited with code {returncode} without a summary" + (": " + " | ".join(lines) if lines else "")
 
