@@ -55,7 +55,7 @@ def pytest_configure(config):
 # that take longest start first, so the two finish together instead of one idling while the
 # other works through a long file it picked up last. Order within a file is kept (sort is stable).
 SLOW_FIRST = ("test_browser.py", "test_gpu_suite.py", "test_app.py", "test_browser_room.py", "test_scheduler.py",
-              "test_train.py", "test_cli.py", "test_bundle.py", "test_autotune.py", "test_profile_page.py",
+              "test_train.py", "test_cli.py", "test_ddp.py", "test_bundle.py", "test_autotune.py", "test_profile_page.py",
               "test_compress_openvino.py", "test_compress.py", "test_lessons.py", "test_profiling.py")
 
 
