@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from optlab import advisor, charts, ladder, profile_charts, stats, views
+from optlab.ddp import distributed_rows
 from optlab.store import Run, Store
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -353,6 +354,9 @@ def _run_section(page: _Page, store: Store, run: Run, name: str, children: list[
             fig = charts.training_progress(per_epoch, label)
             fig.update_xaxes(title_text="Epoch")    # as the Runs page draws a finished run
             page.figure(fig, f"#{run.id} training by epoch")
+        ranks = distributed_rows(run, store)
+        if ranks:
+            page.add("<h3>Data-parallel ranks</h3>" + _table(["", "value"], [list(r) for r in ranks], cls="compact"))
     samples = store.metrics(run.id, "telemetry")
     if samples:
         page.figure(charts.telemetry(samples, label), f"#{run.id} telemetry")

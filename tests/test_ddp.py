@@ -46,7 +46,7 @@ def _rank_processes(run_id: int) -> list[int]:
     return found
 
 
-def test_two_gloo_ranks_finish_with_both_ranks_figures_and_a_scaling_efficiency(store):
+def test_two_gloo_ranks_finish_with_both_ranks_figures_and_a_scaling_efficiency(store, monkeypatch, tmp_path):
     cfg = tiny_config(gpus=2, batch_size=16, profile=True, image_size=8)
     reference = ddp.reference_to_queue(store, cfg)
     assert reference is not None and reference.gpus == 1 and reference.batch_size == 16
@@ -81,6 +81,16 @@ def test_two_gloo_ranks_finish_with_both_ranks_figures_and_a_scaling_efficiency(
     assert f"run #{one}" in rows["scaling"] and "efficiency" in rows["scaling"]
     assert (store.artifacts_dir(two) / "model.pt").exists()
     assert _rank_processes(two) == []
+
+    # the Runs page and the report show the ranks and the efficiency
+    from conftest import open_page
+    from optlab.report import write_report
+    at = open_page(monkeypatch, store.home, "runs", run=two)
+    assert any("Data-parallel ranks" in m.value for m in at.markdown)
+    assert any(rows["scaling"] in str(df.value.to_dict()) for df in at.dataframe)
+    write_report(store, [store.get(one), run], tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "Data-parallel ranks" in html and "efficiency" in html and "rank 1" in html
 
 
 def test_a_rank_killed_mid_run_fails_the_run_with_the_reason_and_leaves_nothing_behind(store):
