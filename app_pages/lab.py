@@ -253,6 +253,9 @@ def draw_checks(cfg: RunConfig) -> None:
         icon = ":material/hourglass_top:" if now.seconds is None or now.seconds <= budget else ":material/warning:"
         st.markdown(f"{icon} **Before you launch:** {head}")
         st.caption(basis[:1].upper() + basis[1:] + ("" if basis.endswith("…") else "."))
+        if cfg.gpus > 1:
+            st.caption(f"The estimate is for one device: with {cfg.gpus} ranks each trains on 1 image in {cfg.gpus}, "
+                       "and torchrun's start adds several seconds; the run's scaling efficiency says what it gained.")
         if now.seconds is not None and now.seconds > budget:
             st.warning(f"That is longer than {views.duration(budget)}, more than a run on this shared "
                        f"{device_word} should take. Launch offers a smaller version.", icon=":material/warning:")

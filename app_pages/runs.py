@@ -237,7 +237,7 @@ def run_panel(run_id: int):
     ranks = distributed_rows(current, store)
     if ranks:
         st.markdown("**Data-parallel ranks**")
-        st.dataframe([{"": k, "value": v} for k, v in ranks], hide_index=True)
+        st.table({"": [k for k, _ in ranks], "value": [v for _, v in ranks]})   # wraps its long lines
     with st.expander("All figures and settings", expanded=current.status != "done"):
         st.dataframe([{"": k, "value": v} for k, v in summary_rows(current, store=store)], hide_index=True)
         st.json(current.config, expanded=False)

@@ -100,14 +100,13 @@ def gather_rank_figures(ranks: Ranks, result, memory: dict) -> list[dict] | None
     return everyone
 
 
-def distributed_figures(store, run_id: int, cfg, per_rank: list[dict], ranks: Ranks) -> dict:
+def distributed_figures(label: str, cfg, per_rank: list[dict], ranks: Ranks) -> dict:
     """What a data-parallel summary adds: how it was split, every rank's figures, and the scaling
     efficiency against the same run on one device when one has finished (else why not)."""
     import torch.distributed as dist
     steps = [r["step_ms_p50"] for r in per_rank if r["step_ms_p50"]]
     backend = dist.get_backend() if dist.is_initialized() else backend_for("cpu")
-    label = store.get(run_id).device or {}
-    return {"device_label": f"{label.get('label', '?')} × {ranks.world} ranks ({backend})",
+    return {"device_label": f"{label} × {ranks.world} ranks ({backend})",   # rank 0's device, e.g. its share of the cores
             "peak_memory_scope": "rank 0's process or GPU; every rank's under distributed.ranks",
             "distributed": {
         "world_size": ranks.world, "backend": backend,

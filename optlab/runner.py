@@ -234,7 +234,7 @@ def _execute(store, run_id, cfg: RunConfig, device, info, on_progress, should_st
     summary = summarize(cfg, result, memory, info, batch_size, search, ds, ranks)
     if per_rank is not None:
         from optlab.ddp import distributed_figures
-        summary.update(distributed_figures(store, run_id, cfg, per_rank, ranks))
+        summary.update(distributed_figures(info.label, cfg, per_rank, ranks))
     summary.update(host=host, params=params, nonzero_params=nonzero, weights_mb=weights.stat().st_size / 2**20,
                    weights_path=str(weights), optimizer=opt_name, lr=lr, weight_decay=wd,
                    trace_dir=str(window.trace_dir) if window and window.trace_files else None)

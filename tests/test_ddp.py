@@ -87,7 +87,7 @@ def test_two_gloo_ranks_finish_with_both_ranks_figures_and_a_scaling_efficiency(
     from optlab.report import write_report
     at = open_page(monkeypatch, store.home, "runs", run=two)
     assert any("Data-parallel ranks" in m.value for m in at.markdown)
-    assert any(rows["scaling"] in str(df.value.to_dict()) for df in at.dataframe)
+    assert any(rows["scaling"] in str(t.value.to_dict()) for t in at.table)
     write_report(store, [store.get(one), run], tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()
     assert "Data-parallel ranks" in html and "efficiency" in html and "rank 1" in html
