@@ -1,19 +1,28 @@
 # make run  - set up .venv on first use, then start the OptLab app
 # make test - set up .venv on first use, then run the whole test suite
 # make workshop - serve a room on the local network (see README: Workshop mode)
+# make ray  - install Ray into .venv, for the queue on a Ray cluster (see README)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.ray-installed
 PORT   ?= 8501
 ADDRESS ?=
 
-.PHONY: run test cli bench clean workshop
+.PHONY: run test cli bench clean workshop ray
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# Ray is optional for running OptLab; the tests install it so that CI exercises the queue on Ray.
+$(RAY_STAMP): requirements-ray.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-ray.txt
+	touch $(RAY_STAMP)
+
+ray: $(RAY_STAMP)
 
 run: $(STAMP)
 	$(PY) -m streamlit run app.py --server.port $(PORT) $(if $(ADDRESS),--server.address $(ADDRESS))
@@ -40,7 +49,7 @@ workshop: $(STAMP)
 # Files are handed out in collection order (tests/conftest.py puts the longest first), not
 # xdist's default of the files with the most tests first, which left two long files for the end.
 TEST_PROCS ?= 3
-test: $(STAMP)
+test: $(STAMP) $(RAY_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder
 
 cli: $(STAMP)

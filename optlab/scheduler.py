@@ -3,13 +3,20 @@
 One scheduler per OPTLAB_HOME (an flock on the folder itself says which process it is); one slot
 per visible GPU by default, one on a CPU-only machine. Each run gets its own process,
 `python -m optlab.worker RUN_ID`, in a new session so that the whole process group can be
-stopped, pinned to its slot's GPU. Order is fair: FIFO within a submitter, round-robin across
-submitters (Store.fair_queue). A worker that dies leaves its run failed with the exit code or
-signal and its last log lines; a cancel is a SIGTERM to the group, then SIGKILL after a grace
-period.
+stopped, pinned to its slots' GPUs. A data-parallel run (`gpus` > 1) takes one slot per rank on
+GPUs, every slot on a CPU-only machine (its ranks share the cores), all at once, never part of
+them. Order is fair: FIFO within a submitter, round-robin across submitters (Store.fair_queue);
+the run at the head of that order waits for all its slots and the runs behind it wait with it.
+A worker that dies leaves its run failed with the exit code or signal and its last log lines; a
+cancel is a SIGTERM to the group, then SIGKILL after a grace period.
+
+When OPTLAB_RAY_ADDRESS names a Ray cluster, runs go to Ray instead (optlab.raycluster): each one a
+Ray task that runs the same worker on a node; the cluster's resources decide where, and at most
+OPTLAB_RAY_MAX_RUNNING (default: its GPUs, or CPUs) are in flight. A run on Ray is judged by its
+heartbeat only: its pid is a pid on another node.
 
 Every running run is watched, whoever runs it: this scheduler's workers, a worker started by
-hand or by an earlier scheduler, a foreground `optlab run` (both adopted: they take a slot). A
+hand or by an earlier scheduler, a foreground `optlab run` (both adopted: they take their slots). A
 process that is gone, or sends no heartbeat for STALE_S (stopped, hung), is ended and its run
 failed with the reason; one stopped while the store's write lock is held is ended at once (it
 may hold the lock), so that it cannot hold everyone else's writes. When a scheduler starts, runs whose process is gone
@@ -28,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from optlab import fairuse
 from optlab.device import visible_gpus
@@ -50,6 +58,11 @@ class SchedulerBusy(RuntimeError):
 def default_slots() -> int:
     """One slot per visible GPU; one on a CPU-only machine."""
     return max(1, len(visible_gpus()))
+
+
+def run_gpus(config: dict) -> int:
+    """A run's data-parallel ranks (a config stored before the knob existed has one)."""
+    return int(config.get("gpus") or 1)
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -151,17 +164,23 @@ def _signal_group(pid: int, sig: int) -> None:
 
 @dataclass
 class Job:
+    """A run this scheduler watches. Its worker is a process started here (`proc`), a task handed
+    to a Ray cluster (`task`), or neither: a process or a Ray run adopted from an earlier
+    scheduler or started by hand, judged by its pid, or by its heartbeat alone on Ray."""
     run_id: int
-    pid: int
-    slot: int
-    proc: subprocess.Popen | None = None   # None: adopted from an earlier scheduler
+    pid: int | None
+    slots: tuple[int, ...]                 # the slots it holds (none on Ray)
+    proc: subprocess.Popen | None = None
     log: Path | None = None
     term_at: float | None = None
     killed: bool = False
     stop_reason: str | None = None         # why the scheduler stopped it (over the room's budget)
+    needs: int = 1                         # the slots its config needs: an adopted run takes the rest as they free up
+    task: Any = None                       # optlab.raycluster.RayTask
+    on_ray: bool = False
 
     def poll(self) -> tuple[bool, int | None]:
-        """(ended, return code); the code is unknown for adopted workers."""
+        """(ended, return code) of a local process; the code is unknown for adopted workers."""
         if self.proc is not None:
             rc = self.proc.poll()
             return rc is not None, rc
@@ -250,6 +269,11 @@ def gone_reason(run: Run, stale_s: float = STALE_S) -> str | None:
     longer than `stale_s`), or None while its process is alive and beating."""
     if run is None or run.status != "running":
         return None
+    if run.cluster:   # its worker runs on a node of a Ray cluster: its pid means nothing here
+        age = time.time() - (run.heartbeat_at or run.started_at or run.created_at)
+        if age > stale_s:
+            return f"its worker on the Ray cluster at {run.cluster} sent no heartbeat for {age:.0f} s"
+        return None
     if not run.worker_pid:
         return "no process was recorded for it"
     if not pid_alive(run.worker_pid):
@@ -269,6 +293,11 @@ class Scheduler:
         self.store = store
         self.gpus = visible_gpus()
         self.slots = slots or max(1, len(self.gpus))
+        address = os.environ.get("OPTLAB_RAY_ADDRESS", "").strip()
+        self.ray = None                # the Ray cluster runs go to, when OPTLAB_RAY_ADDRESS names one
+        if address:
+            from optlab.raycluster import RayCluster
+            self.ray = RayCluster(address)
         self.poll_s, self.grace_s, self.stale_s = poll_s, grace_s, stale_s
         self.jobs: dict[int, Job] = {}
         self.active = False            # True while this scheduler holds the lock and hands out runs
@@ -382,6 +411,8 @@ class Scheduler:
             try:
                 if not self._acquire():
                     return
+                if self.ray is not None:
+                    self.ray.ready()    # connects in the background, once
                 self._watch(starting=not self._recovered)
                 self._recovered = True
                 self._reap()
@@ -401,6 +432,8 @@ class Scheduler:
                     log.info("scheduler rounds work again")
                     self._trouble = None
                     self.message = self._active_message() if self.active else self.message
+                elif self.ray is not None and self.active:   # the cluster's state changes between rounds
+                    self.message = self._active_message()
 
     def _report(self, message: str, traceback: bool) -> None:
         if message != self._trouble:
@@ -426,6 +459,10 @@ class Scheduler:
         return ok
 
     def _active_message(self) -> str:
+        if self.ray is not None:
+            if not self.ray.connected:
+                return self.ray.problem or f"connecting to the Ray cluster at {self.ray.address}"
+            return f"handing out runs from {self.store.home} to the Ray cluster at {self.ray.address} ({self.ray.describe()})"
         where = ", ".join(f"GPU {g}" for g in self.gpus) or "the CPU"
         return f"handing out runs from {self.store.home} to {self.slots} slot(s) on {where}"
 
@@ -438,19 +475,28 @@ class Scheduler:
     def _watch(self, starting: bool) -> None:
         """Every running run that none of this scheduler's workers runs: a worker started by an
         earlier scheduler or by hand, or a foreground `optlab run`. A live, beating process is
-        adopted (it takes a slot and is watched like our own); for the others the run ends with
-        the reason: interrupted when found at start, failed when its process ends later."""
+        adopted (it takes the slots its config needs and is watched like our own); for the others
+        the run ends with the reason: interrupted when found at start, failed when its process ends
+        later. A run on a Ray cluster is judged by its heartbeat alone (its pid is on another node)."""
         for run in self.store.list(status="running", newest_first=False):
             if run.id in self.jobs:
+                continue
+            if run.cluster:
+                why = gone_reason(run, self.stale_s)
+                if why is None:
+                    self._adopt(run, f"its worker on the Ray cluster at {run.cluster}, watched by its heartbeat")
+                    continue
+                if self._store_locked():
+                    continue   # the lock, not the worker, may keep its heartbeat from the store
+                status = "cancelled" if run.cancel_requested else "interrupted" if starting else "failed"
+                self._end(run.id, status, why + (" when the scheduler started" if starting else ""),
+                          self._log_path(run.id))
                 continue
             if pid_alive(run.worker_pid):
                 why = self._frozen(run)   # before any write: a stopped process may hold the lock
                 if why is None:
                     if gone_reason(run, self.stale_s) is None:
-                        self.jobs[run.id] = Job(run.id, run.worker_pid, self._free_slot())
-                        self.store.add_event(run.id, f"scheduler pid {os.getpid()} adopted its process "
-                                                     f"(pid {run.worker_pid})")
-                        log.info("run #%d: adopted its live process pid %d", run.id, run.worker_pid)
+                        self._adopt(run, f"its process (pid {run.worker_pid})")
                     continue   # silent while the store is locked: not judged this round
                 _kill(run.worker_pid)
                 status = "cancelled" if run.cancel_requested else "failed"
@@ -461,12 +507,24 @@ class Scheduler:
                     why += " when the scheduler started"
             self._end(run.id, status, why, self._log_path(run.id))
 
+    def _adopt(self, run: Run, what: str) -> None:
+        need = 0 if run.cluster else self.slots_needed(run.config)
+        self.jobs[run.id] = Job(run.id, run.worker_pid, (), needs=need, on_ray=bool(run.cluster))
+        self._take_owed_slots()
+        self.store.add_event(run.id, f"scheduler pid {os.getpid()} adopted {what}")
+        log.info("run #%d: adopted %s", run.id, what)
+
     def _frozen(self, run: Run) -> str | None:
         """Why the live process of a running run must be ended, or None: no heartbeat for
         stale_s, or stopped (SIGSTOP) while the store is locked: it may hold the lock everyone
         else waits for. A silent process that is not stopped is not judged while the store is
-        locked: the lock, not the process, may be what keeps its heartbeat from the store."""
+        locked: the lock, not the process, may be what keeps its heartbeat from the store. A
+        worker on a Ray cluster is judged by its heartbeat alone."""
         age = time.time() - (run.heartbeat_at or run.started_at or run.created_at)
+        if run.cluster:
+            if age > self.stale_s and not self._store_locked():
+                return f"its worker on the Ray cluster at {run.cluster} sent no heartbeat for {age:.0f} s; it was ended"
+            return None
         stopped = process_state(run.worker_pid) in ("T", "t")
         if stopped:
             held = holds_write_lock(run.worker_pid, [self.store.path, Path(f"{self.store.path}-shm")])
@@ -485,14 +543,17 @@ class Scheduler:
 
     def _reap(self) -> None:
         for job in list(self.jobs.values()):
-            ended, rc = job.poll()
+            if job.task is not None:
+                self._reap_ray(job)
+                continue
+            ended, rc = (False, None) if job.on_ray else job.poll()
             if ended:
                 self._settle(job, rc)
                 continue
             run = self.store.get(job.run_id)
             if run is None or run.status != "running":
                 if job.proc is None:
-                    self.jobs.pop(job.run_id, None)   # an adopted process that finished its run
+                    self.jobs.pop(job.run_id, None)   # an adopted process or Ray run that finished its run
                 continue
             frozen = self._frozen(run)
             if frozen is not None:
@@ -503,29 +564,53 @@ class Scheduler:
                         job.proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         pass
-                else:
-                    _kill(job.pid)
+                else:   # adopted: a process here is killed; a worker on Ray has no task of ours to cancel
+                    if not job.on_ray:
+                        _kill(job.pid)
                     self.jobs.pop(job.run_id, None)
                 status = "cancelled" if run.cancel_requested else "failed"
                 self._end(job.run_id, status, frozen, self._log_path(job.run_id), with_lines=status == "failed")
 
-    def _settle(self, job: Job, returncode: int | None) -> None:
-        """The worker process ended: if it left its run running, say why the run ended. The job
-        is let go only once the store took it, so a store that cannot be written (a full disk)
-        is tried again next round, never left `running` with no one watching."""
+    def _reap_ray(self, job: Job) -> None:
+        """What a run's Ray task said since the last round (where it runs, how it ended); a worker
+        there that stopped beating is ended through its task."""
+        while (said := job.task.poll()) is not None:
+            kind, value = said
+            if kind == "node" and "refused" in value:
+                self._end(job.run_id, "failed", value["refused"], job.log)
+            elif kind == "node":
+                self.store.add_event(job.run_id, f"handed to Ray cluster at {self.ray.address}, node {value['node']} "
+                                                 f"(Ray task pid {value['task_pid']}, worker pid {value['worker_pid']})")
+            else:
+                self._settle(job, value if kind == "exit" else None, lost=value if kind == "lost" else None)
+                return
+        run = self.store.get(job.run_id)
+        if run is None or run.status != "running" or not run.worker_pid:
+            return   # ended (its task ends soon), or waiting in Ray's queue for its resources
+        frozen = self._frozen(run)
+        if frozen is not None:
+            job.task.cancel()   # the task ends the worker's group: SIGTERM, then SIGKILL
+            status = "cancelled" if run.cancel_requested else "failed"
+            self._end(job.run_id, status, frozen, job.log, with_lines=status == "failed")
+
+    def _settle(self, job: Job, returncode: int | None, lost: str | None = None) -> None:
+        """The worker ended (or Ray `lost` it): if it left its run running, say why the run ended.
+        The job is let go only once the store took it, so a store that cannot be written (a full
+        disk) is tried again next round, never left `running` with no one watching."""
         if job.proc is not None:   # we started it as a group leader: end what it left behind
             try:
                 os.killpg(job.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         run = self.store.get(job.run_id)
-        how = describe_exit(returncode)
+        exit_text = describe_exit(returncode)
+        how = lost or f"the worker {exit_text}"
         if run is None:
             pass
         elif job.stop_reason and run.status == "cancelled":     # the worker ended it: keep our reason
             self.store.update(job.run_id, error=job.stop_reason)
         elif job.stop_reason and run.status == "running":
-            self._end(job.run_id, "cancelled", f"{job.stop_reason} (the worker {how})", self._log_path(job.run_id))
+            self._end(job.run_id, "cancelled", f"{job.stop_reason} ({how})", self._log_path(job.run_id))
             return
         if run is None:
             pass
@@ -533,14 +618,14 @@ class Scheduler:
             tail = log_tail(self._log_path(job.run_id))
             if tail:
                 self.store.update(job.run_id, log_tail=tail)
-            log.info("run #%d %s (worker %s)", job.run_id, run.status, how)
+            log.info("run #%d %s (%s)", job.run_id, run.status, how)
         else:
             if run.cancel_requested:
-                status, error = "cancelled", f"cancelled on request (the worker {how})"
+                status, error = "cancelled", f"cancelled on request ({how})"
             elif self._stopping:
-                status, error = "interrupted", f"the scheduler stopped (the worker {how})"
+                status, error = "interrupted", f"the scheduler stopped ({how})"
             else:
-                status, error = "failed", f"worker {how}"
+                status, error = "failed", lost or f"worker {exit_text}"
             self._end(job.run_id, status, error, self._log_path(job.run_id), with_lines=status == "failed")
         self.jobs.pop(job.run_id, None)
 
@@ -576,6 +661,16 @@ class Scheduler:
             job = self.jobs.get(run.id)
             if job is None or not run.cancel_requested:
                 continue
+            if job.on_ray:
+                # Its worker obeys the store's cancel flag within half a second (its heartbeat);
+                # the task is cancelled only if it is still running after the grace period.
+                if job.term_at is None:
+                    job.term_at = now
+                elif job.task is not None and not job.task.cancelled and now - job.term_at > self.grace_s:
+                    job.task.cancel()
+                    self.store.add_event(run.id, f"cancel: no exit after {self.grace_s:.0f} s, its Ray task cancelled",
+                                         level="warning")
+                continue
             # Our workers lead their own process group; an adopted process (a foreground
             # `optlab run`) may share a group with a person's shell pipeline: the pid alone.
             send = _signal_group if job.proc is not None else _signal_pid
@@ -589,41 +684,123 @@ class Scheduler:
                 self.store.add_event(run.id, f"cancel: no exit after {self.grace_s:.0f} s, SIGKILL to group {job.pid}",
                                      level="warning")
 
+    # -- slots --------------------------------------------------------------------------------------
     def _fill(self) -> None:
-        while len(self.jobs) < self.slots and not self._stopping and not self._stop.is_set():
-            run = claim_next(self.store)
-            if run is None:
+        """Start the run at the head of the fair queue (Store.fair_queue) while it can start. A run
+        takes all the slots it needs at once, never part of them. While the head of the queue
+        waits for its slots, the runs behind it wait too, even those that would fit: the order
+        stays fair, and a big run cannot be starved by small ones slipping past it. A run that
+        needs more slots than this scheduler has at all could never start: it fails at once, with
+        both numbers, and the queue goes on. On Ray the cluster places the runs; at most
+        `ray.capacity()` are in flight."""
+        self._take_owed_slots()
+        while not self._stopping and not self._stop.is_set():
+            queue = self.store.fair_queue()
+            if not queue:
                 return
-            self._spawn(run)
+            run = queue[0]
+            if self.ray is not None and (not self.ray.connected or
+                                         sum(j.on_ray for j in self.jobs.values()) >= self.ray.capacity()):
+                return
+            never = self.ray.never_fits(run.config) if self.ray is not None else self._never_fits(run.config)
+            if never:
+                self._refuse(run, never)
+                continue
+            slots = () if self.ray is not None else self._choose_slots(self.slots_needed(run.config))
+            if slots is None:
+                return   # the head waits for its slots; so does everyone behind it
+            if self.store.claim(run.id):
+                run = self.store.get(run.id)
+                if self.ray is not None:
+                    self._spawn_ray(run)
+                else:
+                    self._spawn(run, slots)
 
-    def _free_slot(self) -> int:
-        used = {j.slot for j in self.jobs.values()}
-        return next((s for s in range(self.slots) if s not in used), -1)
+    def slots_needed(self, config: dict) -> int:
+        """The slots a run takes: one; a data-parallel run one per rank on GPUs, and every slot on a
+        CPU-only machine (its ranks share the cores)."""
+        gpus = run_gpus(config)
+        if gpus <= 1:
+            return 1
+        return gpus if self.gpus else self.slots
 
+    def _gpu_of(self, slot: int) -> str:
+        return self.gpus[slot % len(self.gpus)]
+
+    def _free_slots(self) -> list[int]:
+        used = {s for job in self.jobs.values() for s in job.slots}
+        return [s for s in range(self.slots) if s not in used]
+
+    def _choose_slots(self, need: int) -> tuple[int, ...] | None:
+        """`need` free slots, each on its own GPU (two slots may share one when there are more
+        slots than GPUs); None when that many are not free now."""
+        chosen, gpus = [], set()
+        for slot in self._free_slots():
+            gpu = self._gpu_of(slot) if self.gpus else slot
+            if gpu not in gpus:
+                chosen.append(slot)
+                gpus.add(gpu)
+            if len(chosen) == need:
+                return tuple(chosen)
+        return None
+
+    def _never_fits(self, config: dict) -> str | None:
+        """Why this run could never start here, or None."""
+        need = self.slots_needed(config)
+        have = len({self._gpu_of(s) for s in range(self.slots)}) if self.gpus else self.slots
+        if need <= have:
+            return None
+        return (f"gpus {run_gpus(config)} needs {need} slots at once, each on its own GPU, and this scheduler has "
+                f"{have} (its slots on the GPUs it sees: OPTLAB_SLOTS, --slots, CUDA_VISIBLE_DEVICES): "
+                "it could never start")
+
+    def _refuse(self, run: Run, why: str) -> None:
+        """Fail a queued run that could never start (it never ran: no start time)."""
+        if self.store.claim(run.id) and self.store.finish_if_running(run.id, "failed", error=why, started_at=None):
+            self.store.add_event(run.id, why, level="error")
+            log.warning("run #%d failed: %s", run.id, why)
+
+    def _take_owed_slots(self) -> None:
+        """An adopted run that found its slots taken takes them as they free up, before any queued run."""
+        for job in self.jobs.values():
+            while len(job.slots) < job.needs and (free := self._free_slots()):
+                job.slots += (free[0],)
+
+    # -- workers ----------------------------------------------------------------------------------
     def _log_path(self, run_id: int) -> Path:
         return self.store.artifacts_dir(run_id, create=False) / "worker.log"
 
-    def worker_env(self, slot: int) -> dict[str, str]:
-        """The worker's environment: this store, this scheduler's pid (the worker stops if it
-        dies), the slot's GPU, and a fair share of the CPU threads."""
-        env = dict(os.environ)
-        env["OPTLAB_HOME"] = str(self.store.home)
-        env["OPTLAB_SCHEDULER_PID"] = str(os.getpid())
-        env["PYTHONUNBUFFERED"] = "1"
+    def _store_env(self) -> dict[str, str]:
+        """What a worker needs wherever it runs: this store, this checkout on its path, unbuffered output."""
+        env = {"OPTLAB_HOME": str(self.store.home), "PYTHONUNBUFFERED": "1"}
         if Path(PACKAGE_ROOT).name not in ("site-packages", "dist-packages"):   # a checkout, not an install
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        if self.gpus and slot >= 0:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-        if "OMP_NUM_THREADS" not in os.environ:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            env["OMP_NUM_THREADS"] = str(max(1, cpus // self.slots))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
         return env
 
-    def _spawn(self, run: Run) -> None:
-        slot = self._free_slot()
+    def worker_env(self, slots: tuple[int, ...]) -> dict[str, str]:
+        """A local worker's environment: this store, this scheduler's pid (the worker stops if it
+        dies), its slots' GPUs, and its slots' share of the CPU threads (all of them for a
+        data-parallel run on a CPU-only machine, which divides them between its ranks)."""
+        env = {**os.environ, **self._store_env(), "OPTLAB_SCHEDULER_PID": str(os.getpid())}
+        if self.gpus and slots:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpu_of(s) for s in slots)
+        if "OMP_NUM_THREADS" not in os.environ:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            env["OMP_NUM_THREADS"] = str(max(1, cpus * max(1, len(slots)) // self.slots))
+        return env
+
+    def ray_env(self) -> dict[str, str]:
+        """What a worker on a Ray node takes from here: OptLab's settings and `_store_env`. The node
+        gives the rest (its PATH; the GPUs Ray gave the task in CUDA_VISIBLE_DEVICES and its CPUs in
+        OMP_NUM_THREADS), and the task names itself the worker's parent, not this scheduler."""
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("OPTLAB_") and not k.startswith(("OPTLAB_RAY_", "OPTLAB_SCHEDULER"))}
+        return {**env, **self._store_env()}
+
+    def _spawn(self, run: Run, slots: tuple[int, ...]) -> None:
         path = self._log_path(run.id)
         try:
-            env = self.worker_env(slot)
+            env = self.worker_env(slots)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "optlab.worker", str(run.id)], stdin=subprocess.DEVNULL,
@@ -632,26 +809,51 @@ class Scheduler:
             self._end(run.id, "failed", f"could not start a worker: {type(e).__name__}: {e}", path)
             return
         self.store.update(run.id, worker_pid=proc.pid)
-        self.jobs[run.id] = Job(run.id, proc.pid, slot, proc, path)
+        self.jobs[run.id] = Job(run.id, proc.pid, slots, proc, path, needs=len(slots))
         where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if self.gpus else "the CPU"
-        self.store.add_event(run.id, f"worker pid {proc.pid} started on slot {slot} ({where}) by scheduler pid {os.getpid()}")
-        log.info("run #%d (%s): worker pid %d on slot %d (%s)", run.id, run.user or "anonymous", proc.pid, slot, where)
+        on = f"slot {slots[0]}" if len(slots) == 1 else "slots " + ",".join(map(str, slots))
+        self.store.add_event(run.id, f"worker pid {proc.pid} started on {on} ({where}) by scheduler pid {os.getpid()}")
+        log.info("run #%d (%s): worker pid %d on %s (%s)", run.id, run.user or "anonymous", proc.pid, on, where)
+
+    def _spawn_ray(self, run: Run) -> None:
+        path = self._log_path(run.id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.store.update(run.id, cluster=self.ray.address)   # from now on judged by its heartbeat, not a pid here
+            task = self.ray.submit(run.id, run.config, self.ray_env(), path, self.grace_s)
+        except Exception as e:   # the run is claimed: it must not stay running without a worker
+            self._end(run.id, "failed", f"could not hand it to the Ray cluster at {self.ray.address}: "
+                                        f"{type(e).__name__}: {e}", path)
+            return
+        self.jobs[run.id] = Job(run.id, None, (), log=path, needs=0, task=task, on_ray=True)
+        self.store.add_event(run.id, f"asked the Ray cluster at {self.ray.address} for {task.asks} "
+                                     f"(scheduler pid {os.getpid()})")
+        log.info("run #%d (%s): handed to the Ray cluster at %s (%s)", run.id, run.user or "anonymous",
+                 self.ray.address, task.asks)
 
     def _stop_all(self) -> None:
-        """SIGTERM every worker this scheduler started, wait up to the grace period, SIGKILL what
-        is left; their runs end interrupted. Adopted processes (a foreground `optlab run`, a
-        worker started by hand) are not ours to stop: they go on, and a later scheduler adopts them."""
+        """SIGTERM every worker this scheduler started (cancel its Ray task), wait up to the grace
+        period, SIGKILL what is left; their runs end interrupted. Adopted processes (a foreground
+        `optlab run`, a worker started by hand) are not ours to stop: they go on, and a later
+        scheduler adopts them."""
         self._stopping = True
         try:
-            for run_id in [j.run_id for j in self.jobs.values() if j.proc is None]:
+            for run_id in [j.run_id for j in self.jobs.values() if j.proc is None and j.task is None]:
                 self.jobs.pop(run_id)
             for job in self.jobs.values():
-                _signal_group(job.pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.grace_s
+                if job.task is not None:
+                    job.task.cancel()   # the task itself SIGTERMs, waits the grace period, SIGKILLs
+                else:
+                    _signal_group(job.pid, signal.SIGTERM)
+            on_ray = any(job.task is not None for job in self.jobs.values())
+            deadline = time.monotonic() + self.grace_s + (5.0 if on_ray else 0.0)
             while self.jobs and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.1)
             for job in list(self.jobs.values()):
+                if job.task is not None:
+                    log.error("run #%d: its Ray task did not end within %.0f s", job.run_id, self.grace_s + 5)
+                    continue
                 _signal_group(job.pid, signal.SIGKILL)
                 if job.proc is not None:
                     try:

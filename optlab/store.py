@@ -88,6 +88,7 @@ _ADDED_COLUMNS = (
     ("repeat_index", "INTEGER"),
     ("origin", "TEXT"),            # JSON: where an imported run came from (optlab.bundle); NULL for local runs
     ("origin_key", "TEXT"),        # that origin as one string, so a re-imported run is found, not duplicated
+    ("cluster", "TEXT"),           # the Ray cluster a run was handed to (its address); NULL: a process on this machine
 )
 DATABASE = "optlab.db"
 MARKER = "store.json"        # written when the store is created: a store lived here
@@ -135,6 +136,7 @@ class Run:
     cancel_requested: int = 0
     origin: dict | None = None
     origin_key: str | None = None
+    cluster: str | None = None       # the Ray cluster running it: its worker_pid is a pid on another node
     extra: dict = field(default_factory=dict)
 
     @property

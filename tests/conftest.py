@@ -1,4 +1,5 @@
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,39 @@ def tiny_config(**changes):
     return RunConfig(**base)
 
 
+# -- waiting on background runs (the scheduler's and the Ray cluster's tests) ---------------------------
+def wait_for(predicate, timeout_s: float, what: str):
+    """The first true value of `predicate()`, polled every 0.2 s; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def training(store, run_id):
+    """The run once its worker is in the training phase."""
+    run = store.get(run_id)
+    return run if run.status == "running" and (run.progress or {}).get("phase") == "train" else None
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def attached(store, run_id):
+    """The run once its worker has taken it and started beating (before torch has loaded)."""
+    run = store.get(run_id)
+    return run if run.worker_pid and (run.progress or {}).get("phase") else None
+
+
 def open_page(monkeypatch, home, page: str, **query):
     """One page of the app as AppTest renders it, on the store at `home` with the scheduler off and
     `query` in the address; fails on any exception the page raised."""
@@ -56,7 +90,7 @@ def pytest_configure(config):
 # other works through a long file it picked up last. Order within a file is kept (sort is stable).
 SLOW_FIRST = ("test_browser.py", "test_gpu_suite.py", "test_app.py", "test_browser_room.py", "test_scheduler.py",
               "test_train.py", "test_cli.py", "test_ddp.py", "test_bundle.py", "test_autotune.py", "test_profile_page.py",
-              "test_compress_openvino.py", "test_compress.py", "test_lessons.py", "test_profiling.py")
+              "test_compress_openvino.py", "test_compress.py", "test_lessons.py", "test_profiling.py", "test_ray.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,35 +13,12 @@ import time
 
 import pytest
 
-from conftest import tiny_config
+from conftest import attached, pid_gone, tiny_config, training, wait_for
 from optlab.scheduler import Scheduler, SchedulerBusy, cancel, claim_next, default_slots, describe_exit
 from optlab.store import StoreMissing
 
 TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=1, profile=False)
 LONG = dict(limit_train=4096, limit_test=128, batch_size=64, epochs=3, profile=False)  # a minute on the CPU
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def training(store, run_id):
-    run = store.get(run_id)
-    return run if run.status == "running" and (run.progress or {}).get("phase") == "train" else None
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 @pytest.fixture
@@ -273,12 +250,6 @@ def test_queue_command_refuses_when_another_scheduler_holds_the_store(store, sch
 
 
 # -- faults: stopped processes, the lock, a vanished store, foreground runs ----------------------------
-def attached(store, run_id):
-    """The run once its worker has taken it and started beating (before torch has loaded)."""
-    run = store.get(run_id)
-    return run if run.worker_pid and (run.progress or {}).get("phase") else None
-
-
 def test_a_started_worker_that_stops_beating_is_ended_and_its_run_failed_with_the_reason(store, schedulers):
     run_id = store.submit(tiny_config(**LONG))
     scheduler = Scheduler(store, poll_s=0.2, stale_s=10).start()
@@ -400,3 +371,117 @@ def test_a_foreground_run_heartbeats_and_stops_when_cancelled(store):
     assert foreground.returncode == 1 and "Traceback" not in err, err[-2000:]
     run = store.get(run.id)
     assert run.status == "cancelled" and run.error == "cancelled on request"
+
+
+# -- slots for data-parallel runs (no workers: the spawn is recorded) ---------------------------------------
+def recording(scheduler):
+    """The scheduler with its spawn replaced by a note of the run and its slots: no worker starts."""
+    from optlab.scheduler import Job
+    started = []
+
+    def spawn(run, slots):
+        started.append((run.id, slots))
+        scheduler.jobs[run.id] = Job(run.id, None, slots, needs=len(slots))
+
+    scheduler._spawn = spawn
+    return started
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def test_a_data_parallel_run_gets_the_gpus_of_all_its_slots_in_one_worker_environment(store, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    scheduler = Scheduler(store, slots=2)
+    scheduler.gpus = ["0", "1"]
+    assert scheduler.slots_needed({"gpus": 2}) == 2 and scheduler.slots_needed({}) == 1   # no knob stored: one
+    both, one = scheduler.worker_env((0, 1)), scheduler.worker_env((1,))
+    assert both["CUDA_VISIBLE_DEVICES"] == "0,1" and one["CUDA_VISIBLE_DEVICES"] == "1"
+    assert int(both["OMP_NUM_THREADS"]) == max(1, cores()) and int(one["OMP_NUM_THREADS"]) == max(1, cores() // 2)
+
+
+def test_on_a_cpu_only_machine_a_multi_rank_run_takes_every_slot_and_all_the_cores(store, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    scheduler = Scheduler(store, slots=3)
+    scheduler.gpus = []
+    assert scheduler.slots_needed({"gpus": 2}) == 3 and scheduler.slots_needed({"gpus": 1}) == 1
+    env = scheduler.worker_env((0, 1, 2))
+    assert env["OMP_NUM_THREADS"] == str(cores())   # its ranks divide them between themselves
+
+
+def test_the_head_of_the_queue_waits_for_all_its_slots_and_the_runs_behind_it_wait_too(store):
+    scheduler = Scheduler(store, slots=2)
+    scheduler.gpus = ["0", "1"]
+    started = recording(scheduler)
+    small = store.submit(tiny_config(), user="ann")
+    big = store.submit(tiny_config(gpus=2), user="bob")
+    behind = store.submit(tiny_config(), user="cy")
+    scheduler._fill()
+    assert started == [(small, (0,))]     # one slot free, but the head (big) needs two: nobody jumps ahead
+    assert store.get(big).status == "queued" and store.get(behind).status == "queued"
+    scheduler._fill()
+    assert len(started) == 1
+    scheduler.jobs.pop(small)
+    store.finish(small, "done")
+    scheduler._fill()
+    assert started[1] == (big, (0, 1)) and store.get(behind).status == "queued"   # all its slots at once
+
+
+def test_two_slots_on_one_gpu_are_not_two_gpus_for_a_data_parallel_run(store):
+    scheduler = Scheduler(store, slots=2)
+    scheduler.gpus = ["0"]            # two runs share the one GPU; a 2-rank run needs two GPUs
+    started = recording(scheduler)
+    never = store.submit(tiny_config(gpus=2), user="ann")
+    after = store.submit(tiny_config(), user="bob")
+    scheduler._fill()
+    run = store.get(never)
+    assert run.status == "failed" and run.started_at is None
+    assert "needs 2 slots" in run.error and "has 1" in run.error and "could never start" in run.error
+    assert started == [(after, (0,))]  # and the queue went on
+
+
+def test_a_run_needing_more_slots_than_the_scheduler_has_fails_at_once_and_the_queue_goes_on(store):
+    scheduler = Scheduler(store, slots=1)
+    scheduler.gpus = ["0", "1"]
+    started = recording(scheduler)
+    never = store.submit(tiny_config(gpus=2), user="ann")
+    after = store.submit(tiny_config(), user="ann")
+    scheduler._fill()
+    run = store.get(never)
+    assert run.status == "failed" and "needs 2 slots" in run.error and "has 1" in run.error
+    assert [e["message"] for e in store.events(never)] == [run.error]
+    assert started == [(after, (0,))]
+
+
+def test_an_adopted_data_parallel_run_takes_the_slots_its_config_needs(store, schedulers):
+    running = store.submit(tiny_config(gpus=2), status="running", worker_pid=os.getpid())   # a foreground run
+    queued = store.submit(tiny_config())
+    scheduler = Scheduler(store, slots=2)
+    schedulers.append(scheduler)
+    scheduler.gpus = ["0", "1"]
+    started = recording(scheduler)
+    scheduler.tick()
+    assert scheduler.jobs[running].slots == (0, 1) and started == []
+    assert store.get(queued).status == "queued"
+    cancel(store, queued)
+
+
+# -- runs on a Ray cluster are judged by their heartbeat, not by a pid here ----------------------------------
+def test_a_run_on_a_ray_cluster_is_judged_by_its_heartbeat_not_by_a_local_pid(store, schedulers):
+    from optlab.scheduler import gone_reason
+    remote = store.submit(tiny_config(), status="running", worker_pid=dead_pid())   # a pid on another node
+    store.update(remote, cluster="10.0.0.1:6379")
+    assert gone_reason(store.get(remote)) is None
+    scheduler = Scheduler(store, slots=1)
+    schedulers.append(scheduler)
+    started = recording(scheduler)
+    scheduler.tick()
+    assert store.get(remote).status == "running" and scheduler.jobs[remote].on_ray   # adopted, by its heartbeat
+    assert cancel(store, remote) == "cancelled" and store.get(remote).status == "running"   # asked, not forced
+    store.update(remote, heartbeat_at=time.time() - 60)
+    assert "sent no heartbeat for 60 s" in gone_reason(store.get(remote))
+    scheduler.tick()
+    run = store.get(remote)
+    assert run.status == "cancelled" and "its worker on the Ray cluster at 10.0.0.1:6379 sent no heartbeat" in run.error
+    assert remote not in scheduler.jobs and started == []
