@@ -142,13 +142,16 @@ def padded_range(values: list[float], share: float = 0.15, *, from_zero: bool = 
 
 # -- reading a finished figure back ---------------------------------------------------------------------
 def marker_radius(size, sizemode: str | None, sizeref: float | None, sizemin: float | None) -> float:
-    """The radius in pixels Plotly draws a marker of `size` with."""
+    """The radius in pixels Plotly draws a marker of `size` with: plotly.js (makeBubbleSizeFn) takes
+    half the size through the size mode, sqrt(size / 2 / sizeref) for "area", size / 2 / sizeref
+    for "diameter", and sizemin bounds that radius. (Taking the square root first and halving after
+    gave bubbles 1/sqrt(2) of their drawn size: labels were placed over neighbours' bubbles.)"""
     size = float(size or 0)
     if sizemode == "area":
-        diameter = math.sqrt(size / (sizeref or 1)) if size > 0 else 0.0
+        radius = math.sqrt(size / 2 / (sizeref or 1)) if size > 0 else 0.0
     else:
-        diameter = size / (sizeref or 1)
-    return max(diameter, sizemin or 0) / 2
+        radius = size / 2 / (sizeref or 1)
+    return max(radius, sizemin or 0)
 
 
 def frame_of(fig) -> Frame:
