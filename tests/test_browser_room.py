@@ -19,7 +19,7 @@ def room(monkeypatch, tmp_path):
     folder = tmp_path / "lessons"
     folder.mkdir()
     data = json.loads((ROOT / "lessons" / "2-channels-last.json").read_text())
-    data["cpu"].update(limit_train=256, limit_test=128, batch_size=32, num_workers=0)
+    data["cpu"].update(limit_train=256, limit_test=128, batch_size=32, num_workers=0, image_size=16)
     (folder / data["id"]).with_suffix(".json").write_text(json.dumps(data))
     monkeypatch.setenv("OPTLAB_LESSONS", str(folder))
     monkeypatch.setenv("OPTLAB_WORKSHOP", "1")
