@@ -32,17 +32,14 @@ def backend_for(device_kind: str) -> str:
     return "nccl" if device_kind == "cuda" else "gloo"
 
 
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def rank_capacity(info) -> tuple[int, str]:
     """How many ranks this machine can give a run, and of what: its visible GPUs, or, on a
     CPU-only machine, its cores (one rank per core at most: more would only time-share)."""
     if info.is_gpu:
         from optlab.device import visible_gpus
         return len(visible_gpus()), "GPUs"
-    return cpu_cores(), "CPU cores (one rank per core at most)"
+    from optlab.hostload import affinity_cpus
+    return len(affinity_cpus()), "CPU cores (one rank per core at most)"
 
 
 class DistributedFailure(RuntimeError):
@@ -101,8 +98,8 @@ def gather_rank_figures(ranks: Ranks, result, memory: dict) -> list[dict] | None
 
 
 def distributed_figures(label: str, cfg, per_rank: list[dict], ranks: Ranks) -> dict:
-    """What a data-parallel summary adds: how it was split, every rank's figures, and the scaling
-    efficiency against the same run on one device when one has finished (else why not)."""
+    """What a data-parallel summary adds: its device label, how it was split and every rank's
+    figures. (The scaling efficiency is computed when the run is read: `scaling_for`.)"""
     import torch.distributed as dist
     steps = [r["step_ms_p50"] for r in per_rank if r["step_ms_p50"]]
     backend = dist.get_backend() if dist.is_initialized() else backend_for("cpu")
@@ -190,8 +187,8 @@ def scaling_for(store, run) -> tuple[dict | None, str | None]:
 
 
 # -- in the worker: torchrun as a child, followed -------------------------------------------------------
-def launch(store, run_id: int, cfg, on_progress: Callable[[dict], None] | None,
-           should_stop: Callable[[], bool] | None, threads=None) -> dict:
+def launch(store, run_id: int, cfg, device_kind: str, on_progress: Callable[[dict], None] | None,
+           should_stop: Callable[[], bool] | None, threads) -> dict:
     """Run `run_id` on `cfg.gpus` ranks under torchrun and return rank 0's summary. Rank 0's progress
     is handed to `on_progress` as it comes; a stop request ends torchrun (SIGTERM to it and its ranks,
     SIGKILL after a grace period) and raises RunCancelled; a rank that fails ends the whole job
@@ -201,12 +198,12 @@ def launch(store, run_id: int, cfg, on_progress: Callable[[dict], None] | None,
     for name in (PROGRESS_FILE, RESULT_FILE, *(ERROR_FILE.format(rank=r) for r in range(cfg.gpus))):
         (folder / name).unlink(missing_ok=True)
     log_path = folder / "ranks.log"
-    cores = threads.cores if threads is not None else cpu_cores()
+    cores = threads.cores   # the worker's CPU plan (optlab.hostload)
     env = dict(os.environ, OPTLAB_HOME=str(store.home), PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS=str(max(1, cores // cfg.gpus)))   # the cores shared between the ranks
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                f"--nproc-per-node={cfg.gpus}", "--monitor-interval=0.2", "-m", "optlab.rank", str(run_id)]
-    store.add_event(run_id, f"torchrun: {cfg.gpus} ranks ({backend_for(_device_kind(cfg))}), "
+    store.add_event(run_id, f"torchrun: {cfg.gpus} ranks ({backend_for(device_kind)}), "
                             f"{env['OMP_NUM_THREADS']} CPU thread(s) each; their output in {log_path.name}")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -226,11 +223,6 @@ def launch(store, run_id: int, cfg, on_progress: Callable[[dict], None] | None,
     if proc.returncode == 0 and result.exists():
         return json.loads(result.read_text())
     raise DistributedFailure(failure_reason(folder, cfg.gpus, proc.returncode, log_path))
-
-
-def _device_kind(cfg) -> str:
-    from optlab.device import visible_gpus
-    return "cpu" if cfg.device == "cpu" or not visible_gpus() else "cuda"
 
 
 def _end(proc: subprocess.Popen) -> None:
@@ -309,10 +301,9 @@ def reference_to_queue(store, cfg):
     if cfg.gpus <= 1:
         return None
     wanted = reference_config(cfg).to_dict()
-    for status in ("done", "queued", "running"):
-        for other in store.list(status=status):
-            if (other.config.get("gpus") or 1) == 1 and same_run(other.config, wanted):
-                return None
+    if any((other.config.get("gpus") or 1) == 1 and same_run(other.config, wanted)
+           for other in store.list(status=("done", "queued", "running"))):
+        return None
     return reference_config(cfg)
 
 

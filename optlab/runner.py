@@ -64,7 +64,7 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
         cfg, threads = use_cpu_plan(store, run_id, cfg, threads)
         if cfg.gpus > 1:   # torchrun starts the ranks (optlab.rank); this process follows them
             from optlab.ddp import launch
-            summary = launch(store, run_id, cfg, on_progress, should_stop, threads)
+            summary = launch(store, run_id, cfg, device.type, on_progress, should_stop, threads)
         else:
             summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
         store.finish(run_id, "done", summary=summary)

@@ -234,18 +234,6 @@ class SchedulerLock:
             self._fd = None
 
 
-def claim_next(store: Store, worker_pid: int | None = None) -> Run | None:
-    """Claim the next run in fair order; None when nothing is queued. Atomic: a run that someone
-    else claimed (or cancelled) first is skipped, so every run is handed out at most once."""
-    while True:
-        queue = store.fair_queue()
-        if not queue:
-            return None
-        for run in queue:
-            if store.claim(run.id, worker_pid):
-                return store.get(run.id)
-
-
 def cancel(store: Store, run_id: int) -> str:
     """Cancel a queued or running run. A queued run is cancelled at once; a running run is asked
     to stop (its process polls the flag; the scheduler sends SIGTERM, then SIGKILL) and ends

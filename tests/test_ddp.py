@@ -15,8 +15,9 @@ from conftest import tiny_config
 from optlab import ddp
 from optlab.config import ConfigError
 from optlab.device import describe
+from optlab.hostload import affinity_cpus
 
-pytestmark = pytest.mark.skipif(ddp.cpu_cores() < 2, reason="two ranks need two CPU cores")
+pytestmark = pytest.mark.skipif(len(affinity_cpus()) < 2, reason="two ranks need two CPU cores")
 
 
 def _execute(store, run_id):
@@ -125,7 +126,7 @@ def test_the_knob_is_refused_where_it_cannot_work():
         tiny_config(gpus=0).validate()
     with pytest.raises(ConfigError, match="batch size 'auto' searches on one device"):
         tiny_config(gpus=2, batch_size="auto").validate()
-    cores = ddp.cpu_cores()
+    cores = len(affinity_cpus())
     if cores < 8:
         with pytest.raises(ConfigError, match=f"this machine has {cores}"):
             tiny_config(gpus=cores + 1).validate(cpu)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import attached, pid_gone, tiny_config, training, wait_for
-from optlab.scheduler import Scheduler, SchedulerBusy, cancel, claim_next, default_slots, describe_exit
+from optlab.scheduler import Scheduler, SchedulerBusy, cancel, default_slots, describe_exit
 from optlab.store import StoreMissing
 
 TINY = dict(limit_train=256, limit_test=128, batch_size=64, epochs=1, profile=False)
@@ -31,6 +31,14 @@ def schedulers():
 
 
 # -- selection: fair order, atomic claims (no workers) ---------------------------------------------------
+def claim_next(store):
+    """The head of the fair queue, claimed, as the scheduler's _fill claims it; None when none is queued."""
+    for run in store.fair_queue():
+        if store.claim(run.id):
+            return store.get(run.id)
+    return None
+
+
 def test_runs_are_handed_out_fifo_per_user_and_round_robin_across_users(store):
     ids = {(u, i): store.submit(tiny_config(seed=i), user=u)
            for u, n in (("ann", 3), ("bob", 2), ("cy", 1)) for i in range(n)}
