@@ -107,11 +107,18 @@ def why_no_trace(store, run) -> str:
         return "profiling was off for this run (profile=False); run it again with profiling on"
     if run.status in ("queued", "running"):
         return f"the run is {run.status}: its trace is written when the profiled window closes"
-    skipped = [e["message"] for e in store.events(run.id) if e["message"].startswith("no profile")]
+    said = [e["message"] for e in store.events(run.id)]
+    skipped = [m for m in said if m.startswith("no profile")]
     if skipped:
         return skipped[-1]
     if run.status != "done":
         return f"the run {run.status}" + (f" ({run.error})" if run.error else "") + " before a trace was written"
+    kept = [m for m in said if m.startswith("run folder not shipped back")]
+    if kept:
+        return kept[-1]
+    if any("writes through the store service" in m for m in said) and not any(m.startswith("run folder shipped")
+                                                                            for m in said):
+        return "it ran on another host of the Ray cluster, and its run folder (with the trace) has not come back yet"
     return f"no trace files were found in {store.artifacts_dir(run.id, create=False) / 'tb'} (deleted?)"
 
 

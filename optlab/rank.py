@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from optlab.config import RunConfig
     from optlab.hostload import apply_plan, plan_for
     from optlab.runner import _execute
-    from optlab.store import Store
+    from optlab.storeservice import worker_store
 
-    store = Store(create=False)
+    store = worker_store()
     folder = store.artifacts_dir(run_id, create=False)
     (folder / f"rank{ranks.rank}.pid").write_text(f"{os.getpid()}\n")
     try:

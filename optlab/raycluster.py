@@ -9,33 +9,40 @@ CPU cluster). On its node the task starts `python -m optlab.worker RUN_ID` as th
 does (its own session, output appended to the run's worker.log), reports its node, waits, and
 reports the worker's exit code. The task names itself the worker's parent (OPTLAB_SCHEDULER_PID):
 if Ray ends the task's process (its scheduler, the Ray driver, exited), the worker sees its
-parent gone, stops and marks its run interrupted. (And Ray ends a driver's process about 60 s
+parent gone, stops and marks its run interrupted; if the task's process dies otherwise (killed,
+out of memory), Ray reports it lost and the run fails with Ray's reason. (And Ray ends a driver's process about 60 s
 after it loses the cluster's head: a scheduler inside the app takes the app with it; README says
 to run `optlab queue` apart.) A cancelled task (ray.cancel, which raises KeyboardInterrupt in
 it) ends the worker's process group: SIGTERM, a grace period, SIGKILL.
 
-The store stays the single source of truth: the worker writes progress, telemetry, results and
-artifacts to OPTLAB_HOME itself, so OPTLAB_HOME must be the same path on every node, on a file
-system every node sees. That is not enough on its own: the store is SQLite in WAL mode, and WAL
-works only while every process that opens the database runs on one host ("WAL does not work over
-a network filesystem", sqlite.org/wal.html). So a task that Ray places on another host than the
-scheduler's refuses to start its worker, and the run fails with that reason. A local test cluster
-(127.0.0.1) and a single many-GPU host satisfy this; nodes on other hosts need a store service in
-front of the database, which does not exist yet.
+The store stays the single source of truth. A task on the scheduler's host starts the worker on
+OPTLAB_HOME itself, as the local scheduler does. The store is SQLite in WAL mode, which only
+processes on its own host may open (sqlite.org/wal.html), so a task on another host gives its
+worker a grant to the scheduler's store service instead (optlab.storeservice: the service's URL
+and a token for that run alone) and a scratch OPTLAB_HOME on the node (under OPTLAB_NODE_HOME,
+default ~/.optlab-node): progress, telemetry, events and results go through the service while
+the run goes on; the run's folder (worker log, weights, traces) is shipped back when the worker
+has ended, and the scratch folder removed. A node needs Ray, OptLab's code at the scheduler's
+checkout path (or installed), and the data set (OPTLAB_DATA, default OPTLAB_NODE_HOME/data, or
+the Debian package's folder).
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 RETRY_S = 10.0        # a cluster that could not be reached is tried again after this long
 REFRESH_S = 10.0      # the cluster's resources are read again after this long (nodes join and leave)
 PROBE_S = 3.0         # ray.init waits many minutes on an address where nobody answers: knock first
 POLL_S = 0.2
+SHIP_TIMEOUT_S = 3600.0  # sending a run folder back to the store takes at most this long
 
 log = logging.getLogger("optlab.scheduler")
 
@@ -64,27 +71,39 @@ def _probe(address: str) -> None:
 
 
 # -- the task, on a node of the cluster ----------------------------------------------------------------
-def _run_worker(run_id: int, env: dict, log_path: str, store_host: str, grace_s: float):
+def _run_worker(run_id: int, env: dict, log_path: str, store_host: str, grace_s: float, grant: dict | None):
     """The Ray task that runs one run's worker; a generator: first where it runs (or why it
-    refused), then the worker's exit code. Pickled by value, so a node needs Ray and a Python
-    that runs OptLab, not this module on the Ray worker's path."""
+    refused), then, on another host than the store's, what was shipped back, then the worker's
+    exit code. Pickled by value, so a node needs Ray and a Python that runs OptLab, not this
+    module on the Ray worker's path."""
     import signal
     import subprocess
     import ray
     node = ray.util.get_node_ip_address()
+    env = {**os.environ, **env, "OPTLAB_SCHEDULER_PID": str(os.getpid()), "OPTLAB_PARENT_NAME": "Ray task"}
+    scratch = None
     if host_id() != store_host:
-        yield {"node": node, "refused": (
-            f"Ray placed it on node {node}, another host than the scheduler's; the store (SQLite in WAL mode) "
-            "can only be written from the host that holds it, so the worker was not started")}
-        return
-    env = {**os.environ, **env, "OPTLAB_SCHEDULER_PID": str(os.getpid())}
+        why = _service_problem(grant)
+        if why:
+            yield {"node": node, "refused": f"Ray placed it on node {node}, another host than the store's, and {why}"}
+            return
+        node_home = Path(env.get("OPTLAB_NODE_HOME") or "~/.optlab-node").expanduser()
+        (node_home / "scratch").mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"run{run_id}-", dir=node_home / "scratch"))
+        env.update(OPTLAB_HOME=str(scratch), OPTLAB_STORE_URL=grant["url"], OPTLAB_STORE_TOKEN=grant["token"],
+                   OPTLAB_STORE_RUN=str(run_id), OPTLAB_DATA=env.get("OPTLAB_DATA") or str(node_home / "data"))
+        log_path = scratch / "runs" / str(run_id) / "worker.log"
+        log_path.parent.mkdir(parents=True)
     with open(log_path, "ab") as out:
-        out.write(f"{time.strftime('%H:%M:%S')} Ray task pid {os.getpid()} on node {node} starts the worker\n".encode())
+        where = f" (store service {grant['url']}, scratch {scratch})" if scratch else ""
+        out.write(f"{time.strftime('%H:%M:%S')} Ray task pid {os.getpid()} on node {node} starts the worker{where}\n"
+                  .encode())
         out.flush()
         proc = subprocess.Popen([sys.executable, "-m", "optlab.worker", str(run_id)], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    shipped = None
     try:
-        yield {"node": node, "task_pid": os.getpid(), "worker_pid": proc.pid}
+        yield {"node": node, "task_pid": os.getpid(), "worker_pid": proc.pid, "scratch": str(scratch or "")}
         while proc.poll() is None:       # short sleeps: ray.cancel's KeyboardInterrupt lands between them
             time.sleep(POLL_S)
     except KeyboardInterrupt:            # ray.cancel: end the worker's group as the local scheduler does
@@ -96,7 +115,40 @@ def _run_worker(run_id: int, env: dict, log_path: str, store_host: str, grace_s:
     finally:
         _signal_group(proc.pid, signal.SIGKILL)   # what the worker left behind (loader workers), or the worker
         proc.wait()
+        if scratch is not None:
+            shipped = _ship(scratch, env, node)
+    if shipped is not None:
+        yield shipped
     yield proc.returncode
+
+
+def _service_problem(grant: dict | None) -> str | None:
+    """Why a worker here could not write the store through the service, or None."""
+    if not grant:
+        return "its scheduler serves no store service"
+    import urllib.request
+    try:
+        with urllib.request.urlopen(grant["url"] + "/v1/ping", timeout=PROBE_S) as reply:
+            reply.read()
+        return None
+    except OSError as e:
+        return f"the store service at {grant['url']} cannot be reached from there ({getattr(e, 'reason', e)})"
+
+
+def _ship(scratch: Path, env: dict, node: str) -> dict:
+    """Send the run's folder back through the service, then remove the scratch folder; kept, and
+    said where, when it could not be sent."""
+    import subprocess
+    try:
+        done = subprocess.run([sys.executable, "-m", "optlab.storeservice", "ship"], env=env, capture_output=True,
+                              text=True, timeout=SHIP_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"kept": f"its folder stays on node {node} in {scratch}: {_one_line(e)}"}
+    said = (done.stdout + done.stderr).strip().splitlines()
+    if done.returncode == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {"shipped": said[-1] if said else "shipped"}
+    return {"kept": f"its folder stays on node {node} in {scratch}: " + (said[-1] if said else f"exit {done.returncode}")}
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -132,7 +184,8 @@ class RayTask:
 
     def poll(self) -> tuple[str, object] | None:
         """None while the task has nothing new to say; ('node', report) where it runs (or
-        {'refused': why}); ('exit', code) when the worker ended; ('lost', why) when Ray lost it."""
+        {'refused': why}); ('shipped', what) or ('kept', why) for the run folder of a worker on
+        another host; ('exit', code) when the worker ended; ('lost', why) when Ray lost it."""
         import ray
         from ray.exceptions import RayError, RayTaskError, TaskCancelledError
         if not ray.wait([self.ref], timeout=0)[0]:
@@ -147,7 +200,10 @@ class RayTask:
             return "lost", f"its Ray task failed: {_one_line(e.cause) if e.cause else _one_line(e)}"
         except RayError as e:
             return "lost", f"its Ray worker was lost: {_one_line(e)}"
-        return ("node", said) if isinstance(said, dict) else ("exit", said)
+        if not isinstance(said, dict):
+            return "exit", said
+        kind = next((k for k in ("shipped", "kept") if k in said), "node")
+        return kind, (said[kind] if kind != "node" else said)
 
     def cancel(self) -> None:
         """ray.cancel once (a second one could interrupt the task's own clean-up)."""
@@ -161,9 +217,11 @@ class RayCluster:
     """A scheduler's connection to a Ray cluster: connects in the background (ray.init can block
     for minutes), says why it is not connected, and knows how many runs the cluster takes."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, store=None):
         self.address = address
-        self.host = host_id()          # where the store is: a task on another host refuses to run (see above)
+        self.store = store
+        self.host = host_id()          # where the store is: a task on another host writes through the service
+        self.service = None            # optlab.storeservice.StoreService, once connected
         self.connected = False
         self.problem: str | None = f"connecting to the Ray cluster at {address}"
         self._thread: threading.Thread | None = None
@@ -195,8 +253,17 @@ class RayCluster:
         except Exception as e:
             self._failed(f"the Ray cluster at {self.address} cannot be reached ({_one_line(e)}); queued runs wait")
             return
+        if self.store is not None:
+            from optlab.storeservice import shared_service
+            try:   # where the nodes reach this process: its address as the cluster sees it
+                self.service = shared_service(self.store, ray.util.get_node_ip_address())
+            except (OSError, ValueError) as e:
+                self._failed(f"the store service for the Ray cluster's nodes cannot start ({_one_line(e)}); "
+                             "queued runs wait")
+                return
         self.connected, self.problem = True, None
-        log.info("connected to the Ray cluster at %s: %s", self.address, self.describe())
+        log.info("connected to the Ray cluster at %s: %s; store service for other hosts at %s", self.address,
+                 self.describe(), self.service.url if self.service else "none")
 
     def _failed(self, problem: str) -> None:
         if problem != self.problem:
@@ -248,7 +315,8 @@ class RayCluster:
 
     def submit(self, run_id: int, config: dict, env: dict, log_path, grace_s: float) -> RayTask:
         asks = self._asks(config)
+        grant = self.service.grant(run_id) if self.service is not None else None
         ref = _remote().options(name=f"optlab run #{run_id}", **asks).remote(
-            run_id, env, str(log_path), self.host, grace_s)
+            run_id, env, str(log_path), self.host, grace_s, grant)
         what = f"{asks['num_gpus']} GPU(s)" if "num_gpus" in asks else "1 CPU"
         return RayTask(ref, what)

@@ -69,8 +69,8 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
             summary = _execute(store, run_id, cfg, device, info, on_progress, should_stop, threads)
         store.finish(run_id, "done", summary=summary)
         return summary
-    except RunCancelled:
-        store.finish(run_id, "cancelled", error="cancelled on request")
+    except RunCancelled:   # (a run another process ended meanwhile keeps its reason: Ray's lost task, say)
+        store.finish_if_running(run_id, "cancelled", error="cancelled on request")
     except USER_ERRORS as e:
         store.finish(run_id, "failed", error=str(e))
     except StoreError:
@@ -84,9 +84,9 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
                           else "try a smaller image size or model")
             store.finish(run_id, "failed", error=f"out of memory at batch size {size}: {suggestion}")
         elif isinstance(e, KeyboardInterrupt):
-            store.finish(run_id, "cancelled", error="interrupted from the keyboard")
+            store.finish_if_running(run_id, "cancelled", error="interrupted from the keyboard")
         elif should_stop is not None and should_stop():
-            store.finish(run_id, "cancelled", error="cancelled on request")
+            store.finish_if_running(run_id, "cancelled", error="cancelled on request")
         elif disk:
             store.finish(run_id, "failed", error=disk)
         else:

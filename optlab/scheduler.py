@@ -285,7 +285,7 @@ class Scheduler:
         self.ray = None                # the Ray cluster runs go to, when OPTLAB_RAY_ADDRESS names one
         if address:
             from optlab.raycluster import RayCluster
-            self.ray = RayCluster(address)
+            self.ray = RayCluster(address, store)
         self.poll_s, self.grace_s, self.stale_s = poll_s, grace_s, stale_s
         self.jobs: dict[int, Job] = {}
         self.active = False            # True while this scheduler holds the lock and hands out runs
@@ -567,8 +567,12 @@ class Scheduler:
             if kind == "node" and "refused" in value:
                 self._end(job.run_id, "failed", value["refused"], job.log)
             elif kind == "node":
+                through = f"; it writes through the store service, scratch {value['scratch']}" if value.get("scratch") else ""
                 self.store.add_event(job.run_id, f"handed to Ray cluster at {self.ray.address}, node {value['node']} "
-                                                 f"(Ray task pid {value['task_pid']}, worker pid {value['worker_pid']})")
+                                                 f"(Ray task pid {value['task_pid']}, worker pid {value['worker_pid']}{through})")
+            elif kind in ("shipped", "kept"):
+                self.store.add_event(job.run_id, f"run folder {value}" if kind == "shipped" else
+                                     f"run folder not shipped back: {value}", level="info" if kind == "shipped" else "warning")
             else:
                 self._settle(job, value if kind == "exit" else None, lost=value if kind == "lost" else None)
                 return
@@ -602,6 +606,12 @@ class Scheduler:
             return
         if run is None:
             pass
+        elif lost and run.status == "interrupted" and not self._stopping:
+            # its worker saw its Ray task die before Ray told us why: a lost task fails the run, with Ray's reason
+            error = f"{lost} (its worker then stopped: {run.error})"
+            self.store.finish(job.run_id, "failed", error=error)
+            self.store.add_event(job.run_id, error, level="error")
+            log.warning("run #%d failed: %s", job.run_id, error)
         elif run.status != "running":
             tail = log_tail(self._log_path(job.run_id))
             if tail:

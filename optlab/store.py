@@ -496,6 +496,10 @@ class Store:
             db.execute("COMMIT")
         shutil.rmtree(self.artifacts_dir(run_id, create=False), ignore_errors=True)
 
+    @property
+    def where(self) -> str:
+        return f"store {self.home}"
+
     def artifacts_dir(self, run_id: int, create: bool = True) -> Path:
         path = self.home / "runs" / str(int(run_id))
         if create:

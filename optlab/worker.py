@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from optlab.store import Store, StoreError, StoreMissing
+from optlab.storeservice import worker_store
 
 TICK_S = 0.5            # heartbeat, cancel check and progress hand-off
 PROGRESS_EVERY_S = 0.9  # progress written about once a second (phase changes at once)
@@ -84,6 +85,7 @@ class Worker:
         self.unwinding = False        # set while a SIGTERM may still unwind the run
         self.sampler = None
         self.parent = int(os.environ.get("OPTLAB_SCHEDULER_PID", "0")) or None
+        self.parent_name = os.environ.get("OPTLAB_PARENT_NAME", "scheduler")   # or the Ray task that runs it
         self._progress: dict | None = None
         self._last_phase: str | None = None
         self._last_line = 0.0
@@ -167,7 +169,7 @@ class Worker:
                 return
 
     def _orphaned(self) -> None:
-        self._stop_self(f"the scheduler that started it (pid {self.parent}) is gone")
+        self._stop_self(f"the {self.parent_name} that started it (pid {self.parent}) is gone")
 
     def _stop_self(self, reason: str) -> None:
         self.stop_reason = reason
@@ -200,7 +202,7 @@ class Worker:
     # -- the run -------------------------------------------------------------------------------------
     def run(self) -> int:
         if not self.foreground:
-            _say(f"worker pid {os.getpid()} (group {os.getpgrp()}) runs #{self.run_id}; store {self.store.home}")
+            _say(f"worker pid {os.getpid()} (group {os.getpgrp()}) runs #{self.run_id}; {self.store.where}")
         beat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self.unwinding = True
         error: BaseException | None = None
@@ -251,7 +253,7 @@ class Worker:
             return
         if self.signalled and (self.cancel.is_set() or run.cancel_requested):
             status, why = "cancelled", "cancelled on request"
-        elif self.stop_reason:
+        elif self.stop_reason and run.status != "failed":   # a failure said elsewhere says more (Ray lost its task)
             status, why = "interrupted", self.stop_reason
         elif run.status == "running" and isinstance(error, KeyboardInterrupt):
             status, why = "cancelled", "interrupted from the keyboard"
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_id = int(argv[0])
     try:
-        store = Store(create=False)
+        store = worker_store()   # through the store service on another host than the store's
         if store.get(run_id) is None:
             print(f"no run #{run_id} in {store.home}", file=sys.stderr)
             return 2

@@ -5,7 +5,9 @@ queue waits. Real worker processes train real Fashion-MNIST slices at 8 px on th
 """
 import importlib.util
 import os
+import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import sys
 import pytest
 
 from conftest import attached, pid_gone, tiny_config, training, wait_for
+from optlab import storeservice
 from optlab.scheduler import Scheduler, cancel
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -65,38 +68,67 @@ def on_ray(cluster, monkeypatch):
     yield made
     for scheduler in made:
         scheduler.stop(kill=True)
+    storeservice.close_all()
 
 
 @needs_ray
 def test_two_queued_runs_finish_done_on_the_ray_cluster_with_their_figures_in_the_store(store, cluster, on_ray):
+    """One run on the store's host (the worker opens the store), one on "another host" (it writes
+    through the store service from a scratch folder, and its folder is shipped back)."""
     ids = [store.submit(tiny_config(**TINY, seed=i), user=user) for i, user in enumerate(["ann", "bob"])]
-    scheduler = Scheduler(store, poll_s=0.2)
+    scheduler = Scheduler(store, poll_s=0.1)
     on_ray.append(scheduler)
+    wait_for(lambda: scheduler.ray.ready(), 60, "the scheduler to connect")
+    submit, here, node_home = scheduler.ray.submit, scheduler.ray.host, store.home.parent / "node"
+
+    def second_elsewhere(run_id, config, env, *args):   # as if Ray placed the second run on another machine
+        scheduler.ray.host = "another host" if run_id == ids[1] else here
+        return submit(run_id, config, {**env, "OPTLAB_NODE_HOME": str(node_home)}, *args)
+    scheduler.ray.submit = second_elsewhere
     assert scheduler.run_until_idle(timeout_s=180), scheduler.message
     assert scheduler._active_message().endswith(f"to the Ray cluster at {cluster} (2 CPU(s), no GPU; at most 2 run(s) "
                                                 "at a time)")
+    service = scheduler.ray.service.url
     for run in (store.get(i) for i in ids):
-        assert run.status == "done", run.error
+        assert run.status == "done", (run.error, run.log_tail)
         assert run.cluster == cluster and run.summary["train_images_per_s"] > 0
         assert run.summary["test_accuracy"] is not None and store.metrics(run.id, "telemetry")
+        assert store.metrics(run.id, "epoch") and store.metrics(run.id, "step_times")
         events = [e["message"] for e in store.events(run.id)]
         assert f"asked the Ray cluster at {cluster} for 1 CPU" in events[0]
         assert any(m.startswith(f"handed to Ray cluster at {cluster}, node ") for m in events), events
-        assert f"run #{run.id} done" in run.log_tail and "starts the worker" in run.log_tail
-        assert (store.artifacts_dir(run.id) / "worker.log").exists()
+        assert f"run #{run.id} done" in run.log_tail and "starts the worker" in run.log_tail   # through the heartbeats
+        folder = store.artifacts_dir(run.id)
+        assert run.summary["weights_path"] == str(folder / "model.pt") and (folder / "model.pt").stat().st_size > 0
+        log = (folder / "worker.log").read_text()
+        through = any("it writes through the store service, scratch " + str(node_home / "scratch") in m for m in events)
+        shipped = any(m.startswith("run folder shipped ") and m.endswith(f" to {service}") for m in events)
+        elsewhere = f"; store service {service}, scratch {node_home / 'scratch'}" in log
+        assert through == shipped == elsewhere == (run.id == ids[1]), (events, log)
+    assert list((node_home / "scratch").iterdir()) == []   # the scratch folder went once its folder came back
 
 
 @needs_ray
-def test_a_cancel_reaches_a_run_on_ray_and_ends_it_cancelled(store, on_ray):
-    run_id = store.submit(tiny_config(**LONG))
+def test_a_cancel_reaches_a_run_on_ray_and_a_killed_ray_worker_fails_its_run(store, on_ray):
+    cancelled, lost = store.submit(tiny_config(**LONG)), store.submit(tiny_config(**LONG, seed=1))
     scheduler = Scheduler(store, poll_s=0.2).start()
     on_ray.append(scheduler)
-    run = wait_for(lambda: training(store, run_id), 90, "training to start on Ray")
-    assert cancel(store, run_id) == "cancelled"
-    run = wait_for(lambda: (r := store.get(run_id)).finished and r, 30, "the run to end")
+    for run_id in (cancelled, lost):
+        wait_for(lambda: training(store, run_id), 90, f"run #{run_id} to train on Ray")
+    assert cancel(store, cancelled) == "cancelled"
+    task = next(int(m.group(1)) for e in store.events(lost) if (m := re.search(r"Ray task pid (\d+)", e["message"])))
+    os.kill(task, signal.SIGKILL)      # the Ray worker process that runs the task, as the kernel's OOM killer would
+    for run_id in (cancelled, lost):
+        wait_for(lambda: store.get(run_id).finished, 30, f"run #{run_id} to end")
+    run = store.get(cancelled)
     assert run.status == "cancelled" and "cancel" in run.error
-    wait_for(lambda: not scheduler.jobs, 10, "the scheduler to let its task go")
-    assert pid_gone(run.worker_pid)   # the test cluster is this machine: its pid can be checked here
+    run = store.get(lost)
+    assert run.status == "failed" and run.error.startswith("its Ray worker was lost: WorkerCrashedError"), run.error
+    wait_for(lambda: not scheduler.jobs, 10, "the scheduler to let its tasks go")
+    assert pid_gone(store.get(cancelled).worker_pid)   # the test cluster is this machine: its pids can be checked here
+    wait_for(lambda: pid_gone(run.worker_pid), 15, "the orphaned worker to stop")
+    assert "the Ray task that started it (pid %d) is gone" % task in (store.artifacts_dir(lost) / "worker.log").read_text()
+    assert store.get(lost).status == "failed"          # the worker's own "interrupted" does not hide why
 
 
 @needs_ray
@@ -113,15 +145,21 @@ def test_stopping_the_scheduler_cancels_its_ray_tasks_and_their_runs_end_interru
 
 
 @needs_ray
-def test_a_run_ray_places_on_another_host_than_the_store_fails_with_the_reason_and_starts_no_worker(store, on_ray):
+def test_a_run_on_another_host_that_cannot_reach_the_store_service_fails_with_the_reason(store, on_ray):
+    with socket.socket() as s:          # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{s.getsockname()[1]}"
     run_id = store.submit(tiny_config(**TINY))
     scheduler = Scheduler(store, poll_s=0.1)
     on_ray.append(scheduler)
-    scheduler.ray.host = "another host"     # as if the store were on another machine than the node
+    scheduler.ray.host = "another host"
+    wait_for(lambda: scheduler.ray.ready(), 60, "the scheduler to connect")
+    scheduler.ray.service.url = nowhere     # as if a firewall stood between the node and the scheduler
     assert scheduler.run_until_idle(timeout_s=60), scheduler.message
     run = store.get(run_id)
-    assert run.status == "failed" and "another host than the scheduler's" in run.error and "WAL" in run.error
-    assert run.worker_pid is None and not store.metrics(run_id, "telemetry")
+    assert run.status == "failed" and run.worker_pid is None, run.error
+    assert "another host than the store's, and the store service at " + nowhere in run.error
+    assert "cannot be reached from there" in run.error
 
 
 def test_a_ray_cluster_that_cannot_be_reached_is_one_line_and_the_queue_waits(store, monkeypatch):
