@@ -97,7 +97,8 @@ def _status(args) -> int:
     if run.status == "running" and run.progress:
         rows.append(("progress", _progress_text(run.progress)))
     if run.heartbeat_at and run.status == "running":
-        rows.append(("heartbeat", f"{time.time() - run.heartbeat_at:.1f} s ago (worker pid {run.worker_pid})"))
+        where = f" on the Ray cluster at {safe(run.cluster)}" if run.cluster else ""
+        rows.append(("heartbeat", f"{time.time() - run.heartbeat_at:.1f} s ago (worker pid {run.worker_pid}{where})"))
     if run.cancel_requested and run.status == "running":
         rows.append(("cancel", "requested; stopping"))
     if view["telemetry_samples"]:
@@ -140,7 +141,8 @@ def _cancel(args) -> int:
     elif before.status == "running" and after.status == "cancelled":
         print(f"run #{args.id} cancelled: {safe(after.error)}")
     elif before.status == "running":
-        print(f"run #{args.id}: cancel requested; its process (pid {after.worker_pid}) stops within seconds")
+        where = f" on the Ray cluster at {safe(after.cluster)}" if after.cluster else ""
+        print(f"run #{args.id}: cancel requested; its process (pid {after.worker_pid}{where}) stops within seconds")
     else:
         print(f"run #{args.id} is already {status}; nothing to cancel")
         return 1

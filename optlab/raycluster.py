@@ -28,6 +28,7 @@ the Debian package's folder).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -173,6 +174,32 @@ def _remote():
     return _REMOTE
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeShape:
+    """What the cluster's nodes can hold: the most GPUs and CPUs on one node, and the CPUs a GPU
+    can count on (the fewest per GPU over the nodes that have GPUs)."""
+    gpus: int
+    cpus: int
+    cpus_per_gpu: int
+
+    @classmethod
+    def of(cls, nodes: list[dict]) -> "NodeShape":
+        with_gpus = [n for n in nodes if n.get("GPU", 0) >= 1]
+        return cls(int(max((n.get("GPU", 0) for n in nodes), default=0)),
+                   int(max((n.get("CPU", 0) for n in nodes), default=0)),
+                   max(1, min((int(n.get("CPU", 0) // n["GPU"]) for n in with_gpus), default=1)))
+
+
+def task_resources(config: dict, cluster_has_gpus: bool, shape: NodeShape) -> dict:
+    """A run's Ray task asks for its GPUs on a GPU cluster (unless it runs on the CPU), with the
+    CPUs that come with them on the node: Ray gives a task OMP_NUM_THREADS = its CPUs, and one
+    thread would starve the `cpu` input pipeline. On the CPU it asks for a CPU per rank."""
+    gpus = int(config.get("gpus") or 1)
+    if cluster_has_gpus and config.get("device") != "cpu":
+        return {"num_gpus": gpus, "num_cpus": gpus * shape.cpus_per_gpu}
+    return {"num_cpus": gpus}
+
+
 # -- the scheduler's side -------------------------------------------------------------------------------
 class RayTask:
     """One run's task, seen from the scheduler: what it reported, and a cancel sent once."""
@@ -227,7 +254,7 @@ class RayCluster:
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
         self._resources: dict = {}
-        self._largest_node_gpus = 0
+        self._shape = NodeShape(0, 0, 1)
         self._read_at = float("-inf")
 
     def ready(self) -> bool:
@@ -275,8 +302,7 @@ class RayCluster:
         if force or time.monotonic() - self._read_at > REFRESH_S:
             import ray
             self._resources = ray.cluster_resources()
-            self._largest_node_gpus = int(max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("Alive")),
-                                              default=0))
+            self._shape = NodeShape.of([n["Resources"] for n in ray.nodes() if n.get("Alive")])
             self._read_at = time.monotonic()
 
     @property
@@ -300,17 +326,18 @@ class RayCluster:
         return f"{what}; at most {self.capacity()} run(s) at a time"
 
     def _asks(self, config: dict) -> dict:
-        """The task's resources: the run's GPUs on a GPU cluster (unless it asked for the CPU), else one CPU."""
-        gpus = int(config.get("gpus") or 1)
-        return {"num_gpus": gpus} if self.gpus and config.get("device") != "cpu" else {"num_cpus": 1}
+        return task_resources(config, bool(self.gpus), self._shape)
 
     def never_fits(self, config: dict) -> str | None:
         """Why no node of the cluster can ever run this run, or None."""
         asks = self._asks(config)
-        gpus = asks.get("num_gpus", 0)
-        if gpus > self._largest_node_gpus:
+        gpus, cpus = asks.get("num_gpus", 0), asks.get("num_cpus", 0)
+        if gpus > self._shape.gpus:
             return (f"it needs {gpus} GPUs on one node and the largest node of the Ray cluster at {self.address} "
-                    f"has {self._largest_node_gpus}: it could never start")
+                    f"has {self._shape.gpus}: it could never start")
+        if cpus > self._shape.cpus:
+            return (f"it needs {cpus} CPUs on one node (a rank each) and the largest node of the Ray cluster at "
+                    f"{self.address} has {self._shape.cpus}: it could never start")
         return None
 
     def submit(self, run_id: int, config: dict, env: dict, log_path, grace_s: float) -> RayTask:
@@ -318,5 +345,6 @@ class RayCluster:
         grant = self.service.grant(run_id) if self.service is not None else None
         ref = _remote().options(name=f"optlab run #{run_id}", **asks).remote(
             run_id, env, str(log_path), self.host, grace_s, grant)
-        what = f"{asks['num_gpus']} GPU(s)" if "num_gpus" in asks else "1 CPU"
+        what = (f"{asks['num_gpus']} GPU(s) and {asks['num_cpus']} CPU(s)" if "num_gpus" in asks
+                else f"{asks['num_cpus']} CPU" + ("s" if asks["num_cpus"] > 1 else ""))
         return RayTask(ref, what)

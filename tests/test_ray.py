@@ -177,3 +177,13 @@ def test_a_ray_cluster_that_cannot_be_reached_is_one_line_and_the_queue_waits(st
         assert "\n" not in scheduler.message and store.get(run_id).status == "queued" and not scheduler.jobs
     finally:
         scheduler.stop()
+
+
+def test_a_task_asks_for_its_gpus_with_the_cpus_that_come_with_them():
+    from optlab.raycluster import NodeShape, task_resources
+    shape = NodeShape.of([{"CPU": 16.0, "GPU": 1.0}, {"CPU": 64.0, "GPU": 8.0}, {"CPU": 4.0}])
+    assert shape == NodeShape(gpus=8, cpus=64, cpus_per_gpu=8)    # the leaner GPU node sets the share
+    assert task_resources({"gpus": 2, "device": "auto"}, True, shape) == {"num_gpus": 2, "num_cpus": 16}
+    assert task_resources({"gpus": 1, "device": "cpu"}, True, shape) == {"num_cpus": 1}
+    assert task_resources({"gpus": 2, "device": "cpu"}, False, NodeShape.of([{"CPU": 2.0}])) == {"num_cpus": 2}
+    assert NodeShape.of([{"CPU": 2.0, "GPU": 4.0}]).cpus_per_gpu == 1 and NodeShape.of([]) == NodeShape(0, 0, 1)
