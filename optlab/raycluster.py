@@ -58,6 +58,18 @@ def host_id() -> str:
         return socket.gethostname()
 
 
+def place_timeout_s() -> float:
+    """How long a run's task may wait for Ray to place it (OPTLAB_RAY_PLACE_TIMEOUT_S, default 600)."""
+    value = os.environ.get("OPTLAB_RAY_PLACE_TIMEOUT_S", "").strip()
+    try:
+        seconds = float(value or 600)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"OPTLAB_RAY_PLACE_TIMEOUT_S must be a number of seconds > 0, not {value!r}")
+    return seconds
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
@@ -206,8 +218,14 @@ class RayTask:
 
     def __init__(self, ref, asks: str):
         self.ref = ref          # the task's ObjectRefGenerator
-        self.asks = asks        # '1 GPU', '1 CPU': what it asked the cluster for
+        self.asks = asks        # '1 GPU(s) and 8 CPU(s)', '1 CPU': what it asked the cluster for
         self.cancelled = False
+        self.asked_at = time.monotonic()
+        self.placed = False     # the task said where it runs
+
+    def unplaced_for(self) -> float:
+        """How long Ray has held the task without placing it (0 once placed)."""
+        return 0.0 if self.placed else time.monotonic() - self.asked_at
 
     def poll(self) -> tuple[str, object] | None:
         """None while the task has nothing new to say; ('node', report) where it runs (or
@@ -230,6 +248,7 @@ class RayTask:
         if not isinstance(said, dict):
             return "exit", said
         kind = next((k for k in ("shipped", "kept") if k in said), "node")
+        self.placed = True
         return kind, (said[kind] if kind != "node" else said)
 
     def cancel(self) -> None:
@@ -249,6 +268,7 @@ class RayCluster:
         self.store = store
         self.host = host_id()          # where the store is: a task on another host writes through the service
         self.service = None            # optlab.storeservice.StoreService, once connected
+        self.place_timeout_s = place_timeout_s()   # a bad value is refused when the scheduler is made
         self.connected = False
         self.problem: str | None = f"connecting to the Ray cluster at {address}"
         self._thread: threading.Thread | None = None

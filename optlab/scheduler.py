@@ -576,6 +576,13 @@ class Scheduler:
             else:
                 self._settle(job, value if kind == "exit" else None, lost=value if kind == "lost" else None)
                 return
+        waited, limit = job.task.unplaced_for(), self.ray.place_timeout_s
+        if waited > limit:   # the cluster's resources are held by other work: say so rather than wait for ever
+            job.task.cancel()
+            self._end(job.run_id, "failed", f"the Ray cluster at {self.ray.address} did not place it within {limit:.0f} s "
+                                            f"(it asked for {job.task.asks}; other work holds them); submit it again "
+                                            "later, or wait longer with OPTLAB_RAY_PLACE_TIMEOUT_S", job.log)
+            return
         run = self.store.get(job.run_id)
         if run is None or run.status != "running" or not run.worker_pid:
             return   # ended (its task ends soon), or waiting in Ray's queue for its resources

@@ -187,3 +187,21 @@ def test_a_task_asks_for_its_gpus_with_the_cpus_that_come_with_them():
     assert task_resources({"gpus": 1, "device": "cpu"}, True, shape) == {"num_cpus": 1}
     assert task_resources({"gpus": 2, "device": "cpu"}, False, NodeShape.of([{"CPU": 2.0}])) == {"num_cpus": 2}
     assert NodeShape.of([{"CPU": 2.0, "GPU": 4.0}]).cpus_per_gpu == 1 and NodeShape.of([]) == NodeShape(0, 0, 1)
+
+
+@needs_ray
+def test_a_run_ray_cannot_place_fails_after_the_timeout_with_what_it_asked_for(store, on_ray, monkeypatch):
+    from optlab import raycluster
+    monkeypatch.setenv("OPTLAB_RAY_PLACE_TIMEOUT_S", "2")
+    monkeypatch.setattr(raycluster, "task_resources", lambda *a: {"num_cpus": 1, "resources": {"held-elsewhere": 1}})
+    run_id = store.submit(tiny_config(**TINY))
+    scheduler = Scheduler(store, poll_s=0.1)
+    on_ray.append(scheduler)
+    assert scheduler.run_until_idle(timeout_s=60), scheduler.message
+    run = store.get(run_id)
+    assert run.status == "failed" and run.worker_pid is None
+    assert run.error.startswith(f"the Ray cluster at {scheduler.ray.address} did not place it within 2 s (it asked "
+                                "for 1 CPU; other work holds them)"), run.error
+    monkeypatch.setenv("OPTLAB_RAY_PLACE_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="OPTLAB_RAY_PLACE_TIMEOUT_S must be a number of seconds > 0, not 'soon'"):
+        Scheduler(store)
