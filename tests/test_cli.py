@@ -56,11 +56,11 @@ def test_list_and_show_read_the_store(cli_run):
     pytest.param(["--device", "cuda"], "no GPU is visible", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="a GPU is visible here, so cuda is a valid choice")),
 ])
-def test_bad_values_are_refused_before_anything_runs(tmp_path, args, message):
-    out = optlab("run", *args, home=tmp_path)
-    assert out.returncode == 2
-    assert message in out.stderr
-    assert Store(tmp_path).list() == []
+def test_bad_values_are_refused_before_anything_runs(isolated_home, capsys, args, message):
+    from optlab.cli import main   # in this process: `python -m optlab` is this call (tests above run it as one)
+    assert main(["run", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert Store(isolated_home).list() == []
 
 
 def test_show_of_a_missing_run_says_so(tmp_path):
@@ -80,7 +80,8 @@ def test_submit_takes_the_same_compression_flags_as_run(tmp_path):
 
 def test_run_with_repeats_prints_one_object_with_every_repeat_the_central_value_and_the_spread(tmp_path):
     out = optlab("run", "--device", "cpu", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32",
-                 "--epochs", "1", "--workers", "0", "--no-profile", "--repeats", "3", "--json", home=tmp_path)
+                 "--epochs", "1", "--workers", "0", "--no-profile", "--repeats", "3", "--json", "--image-size", "8",
+                 home=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)                       # one JSON object, nothing else on stdout
     runs = Store(tmp_path).list(newest_first=False)
