@@ -188,7 +188,7 @@ COMPILED = ["speednet", "resnet18"]   # also run with torch.compile (bf16 + chan
 def matrix_configs(s: Suite) -> list[RunConfig]:
     base = RunConfig(epochs=1, limit_test=2000, pipeline="gpu", profile=False, num_workers=s.workers)
     if s.tiny:   # three steps a run: the code path, not the figures (bf16 on a CPU is slow)
-        sizes = {"speednet": dict(image_size=16, batch_size=32, limit_train=96)}
+        sizes = {"speednet": dict(image_size=8, batch_size=32, limit_train=96)}
         base = base.replace(limit_test=64)
     else:
         sizes = MATRIX_MODELS
@@ -261,9 +261,9 @@ def profile(s: Suite) -> dict:
     import profile_overhead as po
     from optlab.advisor import advise
     if s.tiny:
-        cfg = RunConfig(model="speednet", image_size=16, batch_size=16, limit_train=192, limit_test=64, epochs=1,
+        cfg = RunConfig(model="speednet", image_size=8, batch_size=16, limit_train=192, limit_test=64, epochs=1,
                         num_workers=0)
-        argv = ["--device", "cpu", "--repeats", "1", "--batch-size", "16", "--image-size", "16", "--limit-train", "192",
+        argv = ["--device", "cpu", "--repeats", "1", "--batch-size", "16", "--image-size", "8", "--limit-train", "192",
                 "--json"]
     else:
         cfg = RunConfig(model="resnet18", image_size=32, precision="bf16", channels_last=True, pipeline="gpu",
@@ -373,7 +373,7 @@ def data_parallel(s: Suite) -> dict:
 @section("background")
 def background(s: Suite) -> dict:
     from optlab.scheduler import Scheduler
-    size = (dict(batch_size=32, limit_train=128, limit_test=64, num_workers=0) if s.tiny
+    size = (dict(batch_size=32, limit_train=128, limit_test=64, num_workers=0, image_size=8) if s.tiny
             else dict(image_size=32, batch_size=256, limit_train=30720, limit_test=2000, pipeline="gpu",
                       precision="bf16", channels_last=True))
     cfg = RunConfig(model="resnet18" if not s.tiny else "speednet", epochs=2, device=s.device.type, **size)

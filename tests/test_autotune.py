@@ -16,7 +16,7 @@ from optlab.store import Store
 
 CPU = DeviceInfo("cpu", "x86_64 (2 threads)")
 H100 = DeviceInfo("cuda", "NVIDIA H100", capability=(9, 0), supports_bf16=True, supports_fp16=True)
-REFERENCE = dict(limit_train=256, limit_test=128, batch_size=16)
+REFERENCE = dict(limit_train=256, limit_test=128, batch_size=16, image_size=8)
 
 
 def on_cpu(cfg):

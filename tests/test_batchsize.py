@@ -107,7 +107,7 @@ def test_a_cap_below_the_start_is_tried_alone():
 def test_a_4096_image_cpu_run_keeps_enough_steps_and_records_why(store):
     from conftest import tiny_config
     from optlab.runner import execute
-    rid = store.submit(tiny_config(batch_size="auto", limit_train=4096, limit_test=256, pipeline="gpu"))
+    rid = store.submit(tiny_config(batch_size="auto", limit_train=4096, limit_test=256, pipeline="gpu", image_size=8))
     execute(store, rid)
     run = store.get(rid)
     assert run.status == "done", run.error

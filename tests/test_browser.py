@@ -208,6 +208,8 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
             batch = page.get_by_label("Batch size", exact=True)
             batch.fill("16")
             batch.press("Tab")
+            page.get_by_text("Profile a few steps", exact=True).click()   # this test reads no profile
+            expect(page.get_by_label("Profile a few steps", exact=True)).not_to_be_checked()
             # before anything is queued: how long it takes here, and how many steps
             expect(page.get_by_text(re.compile(r"About \d+ (s|min) on this CPU · 32 steps in all"))).to_be_visible()
             expect(page.get_by_text(re.compile(r"^From timing \d+ training steps? of speednet here"))).to_be_visible()
@@ -251,6 +253,7 @@ def test_launch_a_sweep_and_follow_it_to_its_charts(server, tmp_path, isolated_h
     assert [r.config["seed"] for r in runs] == [0, 1] and len({r.sweep_id for r in runs}) == 1
     assert (runs[0].config["limit_train"], runs[0].config["epochs"], runs[0].config["batch_size"]) == (512, 1, 16)
     assert runs[0].summary["device"] == "cpu" and runs[0].summary["train_images_per_s"] > 0
+    assert [r.config["profile"] for r in runs] == [False, False]
 
 
 def test_links_widths_labels_and_first_visit_on_runs_that_trained(trained_server, tmp_path):

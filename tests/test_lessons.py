@@ -62,7 +62,7 @@ def test_a_missing_field_is_named():
 
 def _tiny_lesson():
     data = _data(cpu={"device": "cpu", "model": "speednet", "limit_train": 256, "limit_test": 128, "batch_size": 32,
-                      "image_size": 16,   # bf16 has no native kernels on this kind of CPU
+                      "image_size": 8,   # bf16 has no native kernels on this kind of CPU
                       "num_workers": 0, "profile": False})
     data["runs"] = [{"label": "fp32 (baseline)", "changes": {}}, {"label": "bf16", "changes": {"precision": "bf16"}}]
     return lessons.parse(data)
