@@ -108,6 +108,7 @@ def _interval_text(ci, fmt: str = "{:,.0f}") -> str:
     return f"{fmt.format(ci[0])}–{fmt.format(ci[1])}" if ci else "none"
 
 
+LARGEST_BUBBLE_PX = 60   # the Pareto chart's biggest memory bubble, across
 THIN_PATTERN = dict(shape="/", fgcolor="#444", size=8, solidity=0.3)
 # Speed-up bars coloured by the noise verdict (optlab.stats.verdict), not by which side of 1 they fall
 VERDICT_COLOURS = {"better": PALETTE[2], "worse": PALETTE[1], "within noise": "#A0A7B0",
@@ -136,8 +137,8 @@ def pareto_scatter(rows: list[dict]):
     usable = [r for r in rows if _have(r, "train_images_per_s", "test_accuracy")]
     fig = go.Figure()
     memories = [r["peak_memory_mb"] for r in usable if _have(r, "peak_memory_mb")]
-    # sizeref for sizemode="area": the largest bubble is about 60 px across
-    sizeref = 2.0 * max(memories) / 60 ** 2 if memories else 1
+    # sizeref for sizemode="area": plotly.js draws a bubble sqrt(size / 2 / sizeref) px across
+    sizeref = 2.0 * max(memories) / LARGEST_BUBBLE_PX ** 2 if memories else 1
     for n, device in enumerate(sorted({r.get("device_label") or "?" for r in usable})):
         group = [r for r in usable if (r.get("device_label") or "?") == device]
         fig.add_trace(go.Scatter(

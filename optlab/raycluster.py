@@ -10,9 +10,9 @@ does (its own session, output appended to the run's worker.log), reports its nod
 reports the worker's exit code. The task names itself the worker's parent (OPTLAB_SCHEDULER_PID):
 if Ray ends the task's process (its scheduler, the Ray driver, exited), the worker sees its
 parent gone, stops and marks its run interrupted; if the task's process dies otherwise (killed,
-out of memory), Ray reports it lost and the run fails with Ray's reason. (And Ray ends a driver's process about 60 s
-after it loses the cluster's head: a scheduler inside the app takes the app with it; README says
-to run `optlab queue` apart.) A cancelled task (ray.cancel, which raises KeyboardInterrupt in
+out of memory), Ray reports it lost and the scheduler fails the run with Ray's reason. (And Ray
+ends a driver's process about 60 s after it loses the cluster's head: a scheduler inside the app
+takes the app with it; README says to run `optlab queue` apart.) A cancelled task (ray.cancel, which raises KeyboardInterrupt in
 it) ends the worker's process group: SIGTERM, a grace period, SIGKILL.
 
 The store stays the single source of truth. A task on the scheduler's host starts the worker on

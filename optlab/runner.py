@@ -84,7 +84,8 @@ def execute(store: Store, run_id: int, *, on_progress: Callable[[dict], None] | 
                           else "try a smaller image size or model")
             store.finish(run_id, "failed", error=f"out of memory at batch size {size}: {suggestion}")
         elif isinstance(e, KeyboardInterrupt):
-            store.finish_if_running(run_id, "cancelled", error="interrupted from the keyboard")
+            if type(e) is KeyboardInterrupt:   # Ctrl-C; a subclass (the worker's Stopped) is settled by its raiser
+                store.finish_if_running(run_id, "cancelled", error="interrupted from the keyboard")
         elif should_stop is not None and should_stop():
             store.finish_if_running(run_id, "cancelled", error="cancelled on request")
         elif disk:
