@@ -192,12 +192,17 @@ def paused(store) -> str | None:
 
 
 # -- places in the queue -------------------------------------------------------------------------------
-def queue_places(store, slots: int | None = None, now: float | None = None) -> list[dict]:
+def queue_places(store, slots: int | None = None, now: float | None = None, on_gpus: bool | None = None) -> list[dict]:
     """Each queued run in the order it will start: place, run, owner, its estimate, and the
-    expected start (None when a run ahead has no estimate, or the queue is paused)."""
-    from optlab.scheduler import default_slots
+    expected start (None when a run ahead has no estimate, the queue is paused, or runs go to a
+    Ray cluster, which places them by its own resources). As the
+    scheduler does, a run starts once all the slots it needs are free (a data-parallel run one per
+    rank on GPUs, every slot on a CPU-only machine), and the runs behind it wait with it."""
+    from optlab.device import visible_gpus
+    from optlab.scheduler import default_slots, slots_for
     now = now or time.time()
     slots = slots or int(os.environ.get("OPTLAB_SLOTS") or default_slots())
+    on_gpus = bool(visible_gpus()) if on_gpus is None else on_gpus
     estimates: dict[str, Estimate] = {}
 
     def est(run) -> Estimate:
@@ -210,18 +215,25 @@ def queue_places(store, slots: int | None = None, now: float | None = None) -> l
     free: list[float | None] = []
     for run in store.list(status="running"):
         e = est(run)
-        free.append(None if e.seconds is None else max(now, (run.started_at or now) + e.seconds))
-    free += [now] * max(0, slots - len(free))
-    lost = paused(store) is not None      # once one start is unknown, every later one is too
-    places = []
+        end = None if e.seconds is None else max(now, (run.started_at or now) + e.seconds)
+        free += [end] * slots_for(run.config, slots, on_gpus)
+    free = free[:slots] + [now] * max(0, slots - len(free))
+    # once one start is unknown, every later one is too; on a Ray cluster, Ray places the runs
+    lost = paused(store) is not None or bool(os.environ.get("OPTLAB_RAY_ADDRESS", "").strip())
+    places, after = [], now               # no run starts before the one ahead of it
     for n, run in enumerate(store.fair_queue(), start=1):
         e = est(run)
+        need = slots_for(run.config, slots, on_gpus)
         start = None
-        if not lost and free:
-            known = [t for t in free if t is not None]
-            if known and (min(known) <= now or len(known) == len(free)):
-                start = min(known)
-                free[free.index(start)] = None if e.seconds is None else start + e.seconds
+        if need > slots:
+            pass   # the scheduler fails it at once: it never takes a place in the line
+        elif not lost:
+            known = sorted(t for t in free if t is not None)
+            if len(known) >= need and (known[need - 1] <= now or len(known) == len(free)):
+                start = max(after, known[need - 1])
+                for t in known[:need]:          # the slots that free up first are the ones it takes
+                    free[free.index(t)] = None if e.seconds is None else start + e.seconds
+                after = start
             else:
                 lost = True
         places.append({"place": n, "run": run, "user": run.user, "estimate": e, "expected_start": start})

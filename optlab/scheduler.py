@@ -65,6 +65,15 @@ def run_gpus(config: dict) -> int:
     return int(config.get("gpus") or 1)
 
 
+def slots_for(config: dict, slots: int, on_gpus: bool) -> int:
+    """The slots a run takes: one; a data-parallel run one per rank on GPUs, and every slot on a
+    CPU-only machine (its ranks share the cores)."""
+    gpus = run_gpus(config)
+    if gpus <= 1:
+        return 1
+    return gpus if on_gpus else slots
+
+
 # -- processes ---------------------------------------------------------------------------------------
 def describe_exit(returncode: int | None) -> str:
     """'exited with code 1', 'was killed by SIGKILL', ... from a Popen return code."""
@@ -722,12 +731,7 @@ class Scheduler:
                     self._spawn(run, slots)
 
     def slots_needed(self, config: dict) -> int:
-        """The slots a run takes: one; a data-parallel run one per rank on GPUs, and every slot on a
-        CPU-only machine (its ranks share the cores)."""
-        gpus = run_gpus(config)
-        if gpus <= 1:
-            return 1
-        return gpus if self.gpus else self.slots
+        return slots_for(config, self.slots, bool(self.gpus))
 
     def _gpu_of(self, slot: int) -> str:
         return self.gpus[slot % len(self.gpus)]

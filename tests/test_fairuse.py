@@ -94,6 +94,27 @@ def test_queue_places_give_expected_starts_only_where_they_are_known(done_store)
     assert places[3]["expected_start"] is None             # behind a run of unknown length
 
 
+def test_a_data_parallel_run_starts_when_all_its_slots_are_free_and_the_runs_behind_it_wait(done_store, monkeypatch):
+    now = time.time()
+    one = done_store.submit(tiny_config(), user="ada")
+    wide = done_store.submit(tiny_config(gpus=2), user="ada")      # every slot on a CPU-only machine
+    after = done_store.submit(tiny_config(), user="ada")
+    est = fairuse.estimate(done_store, tiny_config()).seconds
+    wide_est = fairuse.estimate(done_store, tiny_config(gpus=2)).seconds
+    assert est and wide_est
+    places = fairuse.queue_places(done_store, slots=2, now=now, on_gpus=False)
+    assert [p["run"].id for p in places] == [one, wide, after]
+    starts = [p["expected_start"] for p in places]
+    assert starts[0] == now                                   # a slot is free now
+    assert starts[1] == pytest.approx(now + est)              # both slots: once the first run is done
+    assert starts[2] == pytest.approx(now + est + wide_est)   # no overtaking on the slot left free
+    on_gpus = fairuse.queue_places(done_store, slots=4, now=now, on_gpus=True)   # 2 of 4 GPUs: all at once
+    assert [p["expected_start"] for p in on_gpus] == [now, now, now]
+    assert fairuse.queue_places(done_store, slots=1, now=now, on_gpus=True)[1]["expected_start"] is None  # never fits
+    monkeypatch.setenv("OPTLAB_RAY_ADDRESS", "head:6379")     # Ray places the runs: no start is known here
+    assert [p["expected_start"] for p in fairuse.queue_places(done_store, slots=2, now=now)] == [None] * 3
+
+
 def test_the_paused_queue_hands_out_nothing_and_has_no_expected_starts(store):
     fairuse.set_paused(store, True, by="Lin")
     run_id = store.submit(tiny_config(), user="ada")
