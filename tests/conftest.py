@@ -1,4 +1,5 @@
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +32,26 @@ def tiny_config(**changes):
                 limit_test=256, batch_size=64, num_workers=0, profile=False, image_size=16)
     base.update(changes)
     return RunConfig(**base)
+
+
+# -- runs trained once for the whole session ----------------------------------------------------------
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test session and every pytest-xdist worker reads
+    (each worker would otherwise train the same runs again for the files it was handed): the first
+    to ask builds it under a file lock, the others wait for it. Tests read it or copy it, never
+    write to it."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent          # this session's folder, which its workers share
+    folder = root / f"built-{name}"
+    with FileLock(str(root / f"built-{name}.lock")):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)   # a build that failed half-way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 # -- waiting on background runs (the scheduler's and the Ray cluster's tests) ---------------------------

@@ -5,37 +5,36 @@ import json
 
 import pytest
 
-from conftest import tiny_config
+from conftest import built_once, tiny_config
 from optlab import profiling
 from optlab.profiling import classify, is_tensor_core_kernel, summarize_trace_file
 
-_SHARED: dict = {}
-
-
 def make_profiled_run(tmp_path_factory):
-    """One real profiled run per test session: 16 steps of speednet on 1024 Fashion-MNIST images
-    (warm-up 4, profiled window 4..9). Also keeps the profiler's own key_averages() for checks."""
-    if "run" not in _SHARED:
+    """One real profiled run per test session (see conftest.built_once): 16 steps of speednet on
+    1024 Fashion-MNIST images (warm-up 4, profiled window 4..9). Also keeps the profiler's own
+    key_averages() for checks, in key_averages.json beside the store."""
+    from optlab.store import Store
+
+    def build(home):
         from optlab.runner import execute
-        from optlab.store import Store
-        home = tmp_path_factory.mktemp("profiled-home")
         store = Store(home)
         run_id = store.submit(tiny_config(profile=True, limit_train=1024, batch_size=64))
-        original = profiling.summarize_profile
+        original, averages = profiling.summarize_profile, {}
 
         def keep_averages(prof, device):
-            _SHARED.setdefault("key_averages", {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()})
+            if not averages:   # the training window's (the inference window comes after it)
+                averages.update({e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()})
             return original(prof, device)
         profiling.summarize_profile = keep_averages
         try:
             execute(store, run_id)
         finally:
             profiling.summarize_profile = original
-        _SHARED["run"] = (home, run_id)
-    home, run_id = _SHARED["run"]
-    from optlab.store import Store
-    store = Store(home)
-    return store, store.get(run_id)
+        (home / "key_averages.json").write_text(json.dumps(averages))
+
+    store = Store(built_once(tmp_path_factory, "profiled", build))
+    [run] = store.list()
+    return store, run
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +78,8 @@ def test_cpu_time_is_split_into_categories_that_add_up(profiled):
 
 
 def test_top_operator_self_times_match_the_profilers_key_averages(profiled):
-    _, run = profiled
-    averages = _SHARED["key_averages"]
+    store, run = profiled
+    averages = json.loads((store.home / "key_averages.json").read_text())
     for row in run.summary["profile"]["top"][:8]:
         self_us, count = averages[row["name"]]
         assert row["calls"] == count, row["name"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from conftest import built_once, tiny_config
 from optlab import cli, report
 from optlab.store import Store
 
@@ -23,19 +23,16 @@ HOSTILE_USER = '<img src=x onerror="window.__xss=\'user\';document.title=\'pwned
 QUICK_BENCH = {"method": "benchmark", "repeats": 3, "warmup": 1, "throughput_batch": 16, "throughput_repeats": 1,
                "batch_sizes": [1, 16]}
 
-_SHARED: dict = {}
-
-
 def make_shared_runs(tmp_path_factory):
-    """One store per test session with run 1 (profiled, 2 epochs, telemetry sampled while it
-    trained, two variants, hostile label and user) and run 2 (batch 128, 1 epoch, no profile).
-    16 px images held in memory keep the pair quick on a busy 2-core machine."""
-    if "home" not in _SHARED:
+    """One store per test session (see conftest.built_once) with run 1 (profiled, 2 epochs,
+    telemetry sampled while it trained, two variants, hostile label and user) and run 2 (batch
+    128, 1 epoch, no profile). 16 px images held in memory keep the pair quick on a busy 2-core
+    machine."""
+    def build(home):
         import torch
 
         from optlab.runner import execute
         from optlab.telemetry import TelemetrySampler
-        home = tmp_path_factory.mktemp("report-home")
         store = Store(home)
         base = tiny_config(image_size=16, pipeline="gpu", limit_train=1024, limit_test=256, batch_size=64)
         first = store.submit(base.replace(profile=True, epochs=2, compress=[
@@ -50,8 +47,8 @@ def make_shared_runs(tmp_path_factory):
         execute(store, second)
         for run_id in (first, second):
             assert store.get(run_id).status == "done", store.get(run_id).error
-        _SHARED["home"] = home
-    return Store(_SHARED["home"])
+
+    return Store(built_once(tmp_path_factory, "shared-runs", build))
 
 
 @pytest.fixture(scope="session")
