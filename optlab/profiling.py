@@ -113,11 +113,11 @@ def why_no_trace(store, run) -> str:
         return skipped[-1]
     if run.status != "done":
         return f"the run {run.status}" + (f" ({run.error})" if run.error else "") + " before a trace was written"
-    kept = [m for m in said if m.startswith("run folder not shipped back")]
+    from optlab.storeservice import FOLDER_KEPT, FOLDER_SHIPPED, THROUGH_SERVICE
+    kept = [m for m in said if m.startswith(FOLDER_KEPT)]
     if kept:
         return kept[-1]
-    if any("writes through the store service" in m for m in said) and not any(m.startswith("run folder shipped")
-                                                                            for m in said):
+    if any(THROUGH_SERVICE in m for m in said) and not any(m.startswith(FOLDER_SHIPPED) for m in said):
         return "it ran on another host of the Ray cluster, and its run folder (with the trace) has not come back yet"
     return f"no trace files were found in {store.artifacts_dir(run.id, create=False) / 'tb'} (deleted?)"
 

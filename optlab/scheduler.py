@@ -40,6 +40,7 @@ from typing import Any
 from optlab import fairuse
 from optlab.device import visible_gpus
 from optlab.store import Run, Store, StoreError
+from optlab.storeservice import FOLDER_KEPT, FOLDER_SHIPPED, THROUGH_SERVICE
 from optlab.worker import log_tail
 
 log = logging.getLogger("optlab.scheduler")
@@ -519,9 +520,8 @@ class Scheduler:
         worker on a Ray cluster is judged by its heartbeat alone."""
         age = time.time() - (run.heartbeat_at or run.started_at or run.created_at)
         if run.cluster:
-            if age > self.stale_s and not self._store_locked():
-                return f"its worker on the Ray cluster at {run.cluster} sent no heartbeat for {age:.0f} s; it was ended"
-            return None
+            why = gone_reason(run, self.stale_s)
+            return f"{why}; it was ended" if why and not self._store_locked() else None
         stopped = process_state(run.worker_pid) in ("T", "t")
         if stopped:
             held = holds_write_lock(run.worker_pid, [self.store.path, Path(f"{self.store.path}-shm")])
@@ -576,12 +576,12 @@ class Scheduler:
             if kind == "node" and "refused" in value:
                 self._end(job.run_id, "failed", value["refused"], job.log)
             elif kind == "node":
-                through = f"; it writes through the store service, scratch {value['scratch']}" if value.get("scratch") else ""
+                through = f"; {THROUGH_SERVICE}, scratch {value['scratch']}" if value.get("scratch") else ""
                 self.store.add_event(job.run_id, f"handed to Ray cluster at {self.ray.address}, node {value['node']} "
                                                  f"(Ray task pid {value['task_pid']}, worker pid {value['worker_pid']}{through})")
             elif kind in ("shipped", "kept"):
-                self.store.add_event(job.run_id, f"run folder {value}" if kind == "shipped" else
-                                     f"run folder not shipped back: {value}", level="info" if kind == "shipped" else "warning")
+                self.store.add_event(job.run_id, f"{FOLDER_SHIPPED} {value.removeprefix('shipped ')}" if kind == "shipped"
+                                     else f"{FOLDER_KEPT}: {value}", level="info" if kind == "shipped" else "warning")
             else:
                 self._settle(job, value if kind == "exit" else None, lost=value if kind == "lost" else None)
                 return

@@ -108,6 +108,14 @@ class StoreReadOnly(StoreError):
     """A write to a store on a read-only OPTLAB_HOME."""
 
 
+def run_folder(home: Path, run_id: int, create: bool = True) -> Path:
+    """Where a run's artifacts live under an OPTLAB_HOME (a store's, or a Ray node's scratch one)."""
+    path = Path(home) / "runs" / str(int(run_id))
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def optlab_home() -> Path:
     return Path(os.environ.get("OPTLAB_HOME", "~/.optlab")).expanduser()
 
@@ -501,10 +509,7 @@ class Store:
         return f"store {self.home}"
 
     def artifacts_dir(self, run_id: int, create: bool = True) -> Path:
-        path = self.home / "runs" / str(int(run_id))
-        if create:
-            path.mkdir(parents=True, exist_ok=True)
-        return path
+        return run_folder(self.home, run_id, create)
 
     # -- metrics and events ------------------------------------------------------------------------
     def add_metric(self, run_id: int, kind: str, data: dict, step: int | None = None) -> None:

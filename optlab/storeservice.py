@@ -35,11 +35,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from optlab.store import Run, Store, StoreError, optlab_home
+from optlab.store import Run, Store, StoreError, optlab_home, run_folder
 
 # The Store methods a worker (and a data-parallel run's ranks) call; each takes the run id first.
 WORKER_CALLS = ("get", "update", "claim", "attach_worker", "heartbeat", "finish", "finish_if_running", "add_metric",
                 "add_metrics", "add_event", "events", "metrics")
+# Events the scheduler writes about a worker on another host, which the Profile page reads back
+THROUGH_SERVICE = "it writes through the store service"
+FOLDER_SHIPPED, FOLDER_KEPT = "run folder shipped", "run folder not shipped back"
 ENV_URL, ENV_TOKEN, ENV_RUN = "OPTLAB_STORE_URL", "OPTLAB_STORE_TOKEN", "OPTLAB_STORE_RUN"
 CALL_MAX_BYTES = 32 << 20              # one call's JSON (a run's step times are the largest)
 RETRY_FOR_S = 60.0                     # a worker keeps trying a service it cannot reach this long
@@ -267,10 +270,7 @@ class RemoteStore:
         return Run(**found) if found is not None else None
 
     def artifacts_dir(self, run_id: int, create: bool = True) -> Path:
-        path = self.home / "runs" / str(int(run_id))
-        if create:
-            path.mkdir(parents=True, exist_ok=True)
-        return path
+        return run_folder(self.home, run_id, create)
 
     def ship(self) -> str:
         """Send this run's folder to the store (one tar stream); returns what the service unpacked."""
